@@ -1,0 +1,59 @@
+"""eventyard: event-driven services on RabbitMQ, with an in-memory broker of the same behaviour."""
+
+from eventyard.buses import (
+    CommandBus,
+    DomainEventBus,
+    MessageConfigurer,
+    MessageConsumer,
+    NotImplementedBroker,
+    broker_from_env,
+)
+from eventyard.chaos import EventChaos
+from eventyard.consuming import ConsumerEvent, ConsumerSettings
+from eventyard.errors import (
+    BrokerConnectionError,
+    BrokerError,
+    ChaosConfigurationError,
+    ConfigurationError,
+    EventyardError,
+    MessageDecodeError,
+    PublishNackedError,
+    SubscriberError,
+    TopologyMismatchError,
+    UnroutableError,
+)
+from eventyard.messages import Command, DomainEvent, InfoId, Message, Uuid
+from eventyard.publishing import AsyncCommandBus, AsyncDomainEventBus
+from eventyard.subscribers import MessageSubscriber
+from eventyard.topology import TopologyOptions
+
+__all__ = [
+    "AsyncCommandBus",
+    "AsyncDomainEventBus",
+    "BrokerConnectionError",
+    "BrokerError",
+    "ChaosConfigurationError",
+    "Command",
+    "CommandBus",
+    "ConfigurationError",
+    "ConsumerEvent",
+    "ConsumerSettings",
+    "DomainEvent",
+    "DomainEventBus",
+    "EventChaos",
+    "EventyardError",
+    "InfoId",
+    "Message",
+    "MessageConfigurer",
+    "MessageConsumer",
+    "MessageDecodeError",
+    "MessageSubscriber",
+    "NotImplementedBroker",
+    "PublishNackedError",
+    "SubscriberError",
+    "TopologyMismatchError",
+    "TopologyOptions",
+    "UnroutableError",
+    "Uuid",
+    "broker_from_env",
+]

@@ -1,0 +1,155 @@
+"""The JSON envelope of a message, both ways; the only module that knows its shape.
+
+The envelope is compatible with petisco 2.x, so services on either can share a broker::
+
+    {"data": {"id": "...", "type": "user.created", "type_message": "domain_event",
+              "version": 1, "occurred_on": "2026-11-27 10:15:02.123456",
+              "attributes": {...}, "meta": {}}}
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+from typing import Any
+
+import pydantic_core
+from pydantic import ValidationError
+
+from eventyard.errors import MessageDecodeError
+from eventyard.messages import Command, DomainEvent, Message, MessageKind
+
+OCCURRED_ON_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
+_WIRE_KIND: dict[MessageKind, str] = {"event": "domain_event", "command": "command"}
+_KIND_OF_WIRE: dict[str, MessageKind] = {"domain_event": "event", "event": "event",
+                                         "command": "command"}
+
+
+class MessageRegistry:
+    """Known message classes by (name, version); every subclass registers itself here."""
+
+    def __init__(self) -> None:
+        self._classes: dict[tuple[str, int], type[Message]] = {}
+        self._lock = threading.Lock()
+
+    def register(self, cls: type[Message]) -> None:
+        """Make ``cls`` the class decoded for its name and version (the latest one wins)."""
+        with self._lock:
+            self._classes[(cls.message_name, cls.message_version)] = cls
+
+    def find(self, name: str, version: int) -> type[Message] | None:
+        """The class known for ``name`` and ``version``, or None."""
+        return self._classes.get((name, version))
+
+
+default_registry = MessageRegistry()
+
+
+def envelope(message: Message) -> dict[str, Any]:
+    """The envelope of ``message`` as a dict."""
+    return {
+        "data": {
+            "id": message.get_message_id(),
+            "type": message.get_message_name(),
+            "type_message": _WIRE_KIND[message.get_message_kind()],
+            "version": message.get_message_version(),
+            "occurred_on": message.get_occurred_on().strftime(OCCURRED_ON_FORMAT),
+            "attributes": message.get_attributes(),
+            "meta": message.get_meta(),
+        }
+    }
+
+
+def encode(message: Message) -> bytes:
+    """``message`` as UTF-8 JSON bytes."""
+    if not isinstance(message, Message):
+        raise TypeError(f"expected a DomainEvent or Command, got {type(message).__name__}")
+    return pydantic_core.to_json(envelope(message))
+
+
+def _parse_occurred_on(value: Any) -> datetime:
+    if not isinstance(value, str):
+        raise MessageDecodeError(f"'occurred_on' must be a string, got {value!r}")
+    for fmt in (OCCURRED_ON_FORMAT, "%Y-%m-%d %H:%M:%S"):
+        try:
+            return datetime.strptime(value, fmt)
+        except ValueError:
+            continue
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise MessageDecodeError(f"'occurred_on' {value!r} is not a date") from None
+    if parsed.tzinfo is not None:
+        parsed = parsed.astimezone(UTC).replace(tzinfo=None)
+    return parsed
+
+
+def decode(
+    body: bytes | str,
+    *,
+    expected: type[Message] | None = None,
+    registry: MessageRegistry = default_registry,
+    allow_unknown: bool = False,
+) -> Message:
+    """Decode ``body`` into its typed message class.
+
+    With ``expected``, the body must be that message (name and version). Without it, the class is
+    found in ``registry``; an unknown type raises, or with ``allow_unknown`` becomes a generic
+    ``DomainEvent`` / ``Command`` that keeps its name, version and attributes.
+    Raise ``MessageDecodeError`` saying what is wrong; never return a half-built message.
+    """
+    try:
+        document = pydantic_core.from_json(body)
+    except ValueError as error:
+        raise MessageDecodeError(f"body is not JSON: {error}") from None
+    data = document.get("data") if isinstance(document, dict) else None
+    if not isinstance(data, dict):
+        raise MessageDecodeError("body has no 'data' object (not an eventyard/petisco message)")
+    name = data.get("type")
+    if not isinstance(name, str) or not name:
+        raise MessageDecodeError("'data.type' is missing or not a string")
+    version = data.get("version", 1)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise MessageDecodeError(f"'data.version' must be an integer, got {version!r}")
+    attributes = data.get("attributes", {})
+    if not isinstance(attributes, dict):
+        raise MessageDecodeError("'data.attributes' must be an object")
+    meta = data.get("meta") or {}
+    if not isinstance(meta, dict):
+        raise MessageDecodeError("'data.meta' must be an object")
+    wire_kind = data.get("type_message")
+    kind = _KIND_OF_WIRE.get(wire_kind) if isinstance(wire_kind, str) else None
+    if wire_kind is not None and kind is None:
+        raise MessageDecodeError(f"'data.type_message' {wire_kind!r} is not domain_event/command")
+
+    cls = expected if expected is not None else registry.find(name, version)
+    if expected is not None and (name, version) != (expected.message_name, expected.message_version):
+        raise MessageDecodeError(
+            f"expected {expected.message_name} v{expected.message_version}, got {name} v{version}"
+        )
+    if cls is not None and kind is not None and cls.message_kind != kind:
+        raise MessageDecodeError(f"{name} v{version} is a {cls.message_kind}, body says {kind}")
+    if cls is None and not allow_unknown:
+        raise MessageDecodeError(f"unknown message type {name!r} version {version}")
+
+    message: Message
+    try:
+        if cls is None:
+            message = (Command if kind == "command" else DomainEvent)()
+            message._foreign = (name, version, attributes)
+        else:
+            message = cls.model_validate(attributes)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in error.errors()
+        )
+        raise MessageDecodeError(f"{name} v{version} attributes are invalid: {problems}") from None
+    message_id = data.get("id")
+    if message_id is not None:
+        if not isinstance(message_id, str):
+            raise MessageDecodeError(f"'data.id' must be a string, got {message_id!r}")
+        message._message_id = message_id
+    if "occurred_on" in data:
+        message._occurred_on = _parse_occurred_on(data["occurred_on"])
+    message._meta = dict(meta)
+    return message

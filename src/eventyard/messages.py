@@ -1,0 +1,185 @@
+"""Messages: ``DomainEvent`` and ``Command`` (pydantic v2 models), ``Uuid`` and ``InfoId``.
+
+A message's fields are its attributes on the wire. Its identity (id, name, version, kind,
+``occurred_on``) and its ``meta`` live beside the fields, so a user's field may be called
+``id`` or ``meta`` without clashing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, GetCoreSchemaHandler, PrivateAttr
+from pydantic_core import core_schema
+
+from eventyard import naming
+
+MessageKind = Literal["event", "command"]
+
+
+class Uuid(str):
+    """A validated UUID kept as its canonical lower-case string."""
+
+    __slots__ = ()
+
+    def __new__(cls, value: str | uuid.UUID) -> Self:
+        try:
+            canonical = str(value if isinstance(value, uuid.UUID) else uuid.UUID(str(value)))
+        except (ValueError, AttributeError, TypeError):
+            raise ValueError(f"{value!r} is not a valid UUID") from None
+        return super().__new__(cls, canonical)
+
+    @classmethod
+    def v4(cls) -> Self:
+        """A new random UUID."""
+        return cls(uuid.uuid4())
+
+    @classmethod
+    def __get_pydantic_core_schema__(
+        cls, source: type[Any], handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        from_input = core_schema.no_info_plain_validator_function(cls._validate)
+        return core_schema.json_or_python_schema(
+            json_schema=core_schema.chain_schema([core_schema.str_schema(), from_input]),
+            python_schema=from_input,
+            serialization=core_schema.to_string_ser_schema(),
+        )
+
+    @classmethod
+    def _validate(cls, value: Any) -> Uuid:
+        if isinstance(value, cls):
+            return value
+        if not isinstance(value, str | uuid.UUID):
+            raise ValueError(f"expected a UUID string, got {type(value).__name__}")
+        return cls(value)
+
+
+class InfoId(BaseModel):
+    """Ids that travel with a message in its meta, so the domain need not carry them."""
+
+    model_config = ConfigDict(frozen=True)
+
+    client_id: str | None = None
+    user_id: str | None = None
+    correlation_id: str | None = None
+    ip: str | None = None
+
+
+def utc_now() -> datetime:
+    """Now, in UTC, without tzinfo (the wire carries naive UTC)."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class Message(BaseModel):
+    """Base of every message. Subclass ``DomainEvent`` or ``Command``, not this class.
+
+    ``message_version`` (default 1) and ``message_name`` (default: the class name in dotted
+    snake case) may be set as class attributes.
+    """
+
+    model_config = ConfigDict(extra="ignore", validate_default=True)
+
+    message_kind: ClassVar[MessageKind]
+    message_name: ClassVar[str] = ""
+    message_version: ClassVar[int] = 1
+
+    _message_id: str = PrivateAttr(default_factory=lambda: str(uuid.uuid4()))
+    _occurred_on: datetime = PrivateAttr(default_factory=utc_now)
+    _meta: dict[str, Any] = PrivateAttr(default_factory=dict)
+    # Set only on generic messages decoded from a type no class is known for.
+    _foreign: tuple[str, int, dict[str, Any]] | None = PrivateAttr(default=None)
+
+    def __init__(self, *args: Any, **data: Any) -> None:
+        if args:  # positional fields in declaration order, as in UserCreated(user_id, name)
+            names = list(type(self).model_fields)
+            if len(args) > len(names):
+                raise TypeError(
+                    f"{type(self).__name__} takes at most {len(names)} positional fields "
+                    f"({', '.join(names) or 'none'}), got {len(args)}"
+                )
+            for name, value in zip(names, args, strict=False):
+                if name in data:
+                    raise TypeError(f"{type(self).__name__} got {name!r} twice")
+                data[name] = value
+        super().__init__(**data)
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        if "message_name" not in cls.__dict__ or not cls.__dict__["message_name"]:
+            cls.message_name = naming.message_name(cls.__name__)
+        if not isinstance(cls.message_version, int) or cls.message_version < 1:
+            raise TypeError(f"{cls.__name__}.message_version must be an integer >= 1")
+        if cls.__module__ != __name__:
+            from eventyard.codec import default_registry
+
+            default_registry.register(cls)
+
+    def get_message_id(self) -> str:
+        """The unique id of this message (a UUID v4 string)."""
+        return self._message_id
+
+    def get_message_name(self) -> str:
+        """The dotted name, e.g. ``user.created``."""
+        return self._foreign[0] if self._foreign else type(self).message_name
+
+    def get_message_version(self) -> int:
+        """The message version (1 unless the class sets another)."""
+        return self._foreign[1] if self._foreign else type(self).message_version
+
+    def get_message_kind(self) -> MessageKind:
+        """``event`` or ``command``."""
+        return type(self).message_kind
+
+    def get_occurred_on(self) -> datetime:
+        """When the message was created (naive UTC)."""
+        return self._occurred_on
+
+    def get_meta(self) -> dict[str, Any]:
+        """A copy of the meta dictionary that travels with the message."""
+        return dict(self._meta)
+
+    def get_attributes(self) -> dict[str, Any]:
+        """The message's fields as JSON-ready values."""
+        if self._foreign:
+            return dict(self._foreign[2])
+        return self.model_dump(mode="json")
+
+    def with_meta(self, meta: dict[str, Any]) -> Self:
+        """Merge ``meta`` into the message's meta and return the message."""
+        if not isinstance(meta, dict):
+            raise TypeError(f"meta must be a dict, got {type(meta).__name__}")
+        self._meta.update(meta)
+        return self
+
+    def add_info_id(self, info_id: InfoId) -> Self:
+        """Attach an ``InfoId`` under ``meta["info_id"]`` and return the message."""
+        if not isinstance(info_id, InfoId):
+            raise TypeError(f"add_info_id expects an InfoId, got {type(info_id).__name__}")
+        self._meta["info_id"] = info_id.model_dump(exclude_none=True)
+        return self
+
+    def get_info_id(self) -> InfoId | None:
+        """The attached ``InfoId``, if any."""
+        raw = self._meta.get("info_id")
+        return InfoId.model_validate(raw) if isinstance(raw, dict) else None
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in self.get_attributes().items())
+        return f"{type(self).__name__}({fields})"
+
+    __str__ = __repr__
+
+
+class DomainEvent(Message):
+    """Something that happened in the domain; fans out to every subscriber."""
+
+    message_kind: ClassVar[MessageKind] = "event"
+
+
+class Command(Message):
+    """A request to do something; handled by exactly one handler."""
+
+    message_kind: ClassVar[MessageKind] = "command"

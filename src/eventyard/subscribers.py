@@ -1,0 +1,234 @@
+"""Subscribers, handler outcomes, and the registry that checks them before anything runs.
+
+A subscriber names the messages it reacts to and the handlers that run for them. Each
+(message, handler) pair becomes one ``Subscription``: one queue with its own retries and dead
+letters. The all-messages subscriber (the store) shares the ``store`` queue.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from meiga import Result
+
+from eventyard import naming
+from eventyard.errors import SubscriberError
+from eventyard.messages import Command, DomainEvent, Message
+
+Handler = Callable[[Any], Any]
+
+
+class MessageSubscriber:
+    """Reacts to messages. Build one with ``from_message`` / ``all_messages``, or subclass.
+
+    A subclass implements ``subscribed_to()`` (message classes) and ``handle(message)``; its
+    queue is named after the class in snake case (``SendMailOnUserCreated`` ->
+    ``send_mail_on_user_created``).
+    """
+
+    def subscribed_to(self) -> Sequence[type[Message]]:
+        """The message classes this subscriber reacts to; empty means every message."""
+        raise NotImplementedError(f"{type(self).__name__} must implement subscribed_to()")
+
+    def handle(self, message: Any) -> Any:
+        """React to ``message``; return None/True/Success, or False/Failure/raise on failure."""
+        raise NotImplementedError(f"{type(self).__name__} must implement handle()")
+
+    def handlers(self) -> list[tuple[str, Handler]]:
+        """(name, callable) of each handler; the name is part of the queue name."""
+        return [(naming.snake_case(type(self).__name__), self.handle)]
+
+    def is_all_messages(self) -> bool:
+        """True for a subscriber to every message (the store)."""
+        return False
+
+    @staticmethod
+    def from_message(
+        message: type[Message] | Message | Sequence[type[Message] | Message],
+        handlers: Sequence[Handler] | Handler,
+    ) -> MessageSubscriber:
+        """A subscriber running each of ``handlers`` for a message class (or an instance's class)."""
+        messages = list(message) if isinstance(message, list | tuple) else [message]
+        classes = [_message_class(m) for m in messages]
+        if not classes:
+            raise SubscriberError("from_message needs at least one message class")
+        return _FunctionSubscriber(classes, _handler_list(handlers), all_messages=False)
+
+    @staticmethod
+    def all_messages(handlers: Sequence[Handler] | Handler) -> MessageSubscriber:
+        """A subscriber to every event and command (the store); its handlers share one queue."""
+        return _FunctionSubscriber([], _handler_list(handlers), all_messages=True)
+
+
+class _FunctionSubscriber(MessageSubscriber):
+    def __init__(self, classes: list[type[Message]], handlers: list[Handler], *,
+                 all_messages: bool) -> None:
+        self._classes = classes
+        self._handlers = handlers
+        self._all = all_messages
+
+    def subscribed_to(self) -> Sequence[type[Message]]:
+        return list(self._classes)
+
+    def handlers(self) -> list[tuple[str, Handler]]:
+        return [(handler_name(h), h) for h in self._handlers]
+
+    def is_all_messages(self) -> bool:
+        return self._all
+
+    def __repr__(self) -> str:
+        target = "all messages" if self._all else ", ".join(c.__name__ for c in self._classes)
+        names = ", ".join(handler_name(h) for h in self._handlers)
+        return f"MessageSubscriber({target} -> {names})"
+
+
+def _message_class(message: Any) -> type[Message]:
+    if isinstance(message, type) and issubclass(message, Message):
+        cls = message
+    elif isinstance(message, Message):
+        cls = type(message)
+    else:
+        raise SubscriberError(
+            f"subscribe to a DomainEvent or Command class or instance, not {message!r}"
+        )
+    if cls in (Message, DomainEvent, Command) or not hasattr(cls, "message_kind"):
+        raise SubscriberError(
+            f"subscribe to your own DomainEvent or Command subclass, not {cls.__name__}"
+        )
+    return cls
+
+
+def _handler_list(handlers: Sequence[Handler] | Handler) -> list[Handler]:
+    items: list[Handler] = (
+        list(handlers) if isinstance(handlers, list | tuple) else [handlers]  # type: ignore[list-item]
+    )
+    if not items:
+        raise SubscriberError("a subscriber needs at least one handler")
+    for handler in items:
+        if not callable(handler):
+            raise SubscriberError(f"handler {handler!r} is not callable")
+        handler_name(handler)
+    return items
+
+
+def handler_name(handler: Handler) -> str:
+    """The name a handler gives its queue: a function's name or a callable class in snake case."""
+    if inspect.isfunction(handler) or inspect.ismethod(handler):
+        name = handler.__name__
+    elif hasattr(handler, "__call__") and not inspect.isroutine(handler):  # noqa: B004
+        name = naming.snake_case(type(handler).__name__)
+    else:
+        name = getattr(handler, "__name__", "")
+    if name == "<lambda>" or not name:
+        raise SubscriberError(
+            f"handler {handler!r} has no usable name; define it with def so its queue has a name"
+        )
+    try:
+        return naming.check_word(name, "handler name")
+    except ValueError as error:
+        raise SubscriberError(str(error)) from None
+
+
+def is_async_handler(handler: Handler) -> bool:
+    """True when calling ``handler`` returns a coroutine."""
+    call = getattr(handler, "__call__", None)  # noqa: B004
+    return inspect.iscoroutinefunction(handler) or (
+        call is not None and inspect.iscoroutinefunction(call)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a handler run came to: success, or a failure with its reason."""
+
+    success: bool
+    error_type: str = ""
+    error_message: str = ""
+    exception: BaseException | None = None
+
+
+SUCCESS = Outcome(True)
+
+
+def outcome_of(returned: Any) -> Outcome:
+    """None, True or a meiga Success are success; False or a meiga Failure are failure."""
+    if returned is None or returned is True:
+        return SUCCESS
+    if returned is False:
+        return Outcome(False, "HandlerReturnedFalse", "handler returned False")
+    if isinstance(returned, Result):
+        if returned.is_success:
+            return SUCCESS
+        error = returned.value
+        error_type = type(error).__name__
+        message = getattr(error, "message", None) or str(error) or repr(error)
+        return Outcome(False, error_type, str(message),
+                       error if isinstance(error, BaseException) else None)
+    return SUCCESS
+
+
+def outcome_of_exception(exception: BaseException) -> Outcome:
+    """The failure a raised exception stands for."""
+    return Outcome(False, type(exception).__name__, str(exception), exception)
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    """One handler of one message (or of every message, for the store): one queue."""
+
+    message_class: type[Message] | None
+    handler_name: str
+    handlers: tuple[Handler, ...]
+
+    @property
+    def is_store(self) -> bool:
+        """True for the all-messages (store) subscription."""
+        return self.message_class is None
+
+
+def subscriptions_of(subscribers: Iterable[MessageSubscriber]) -> list[Subscription]:
+    """Expand subscribers into subscriptions and check them.
+
+    Raise ``SubscriberError`` for a command with more than one handler, or two handlers that
+    would share a queue name.
+    """
+    found: dict[tuple[str, int, str, str], Subscription] = {}
+    command_handlers: dict[tuple[str, int], list[str]] = {}
+    store_handlers: list[Handler] = []
+    for subscriber in subscribers:
+        if not isinstance(subscriber, MessageSubscriber):
+            raise SubscriberError(f"{subscriber!r} is not a MessageSubscriber")
+        pairs = subscriber.handlers()
+        if subscriber.is_all_messages():
+            store_handlers.extend(h for _, h in pairs)
+            continue
+        classes = subscriber.subscribed_to()
+        if not classes:
+            raise SubscriberError(f"{subscriber!r} subscribes to no message")
+        for cls in classes:
+            cls = _message_class(cls)
+            for name, handler in pairs:
+                key = (cls.message_kind, cls.message_version, cls.message_name, name)
+                if key in found:
+                    raise SubscriberError(
+                        f"two handlers named {name!r} subscribe to {cls.message_name} "
+                        f"v{cls.message_version}; they would share one queue: rename one"
+                    )
+                found[key] = Subscription(cls, name, (handler,))
+                if issubclass(cls, Command):
+                    command_handlers.setdefault(
+                        (cls.message_name, cls.message_version), []
+                    ).append(name)
+    for (name, version), handlers in command_handlers.items():
+        if len(handlers) > 1:
+            raise SubscriberError(
+                f"command {name} v{version} has {len(handlers)} handlers ({', '.join(handlers)}); "
+                "a command must have exactly one"
+            )
+    result = list(found.values())
+    if store_handlers:
+        result.append(Subscription(None, naming.STORE_QUEUE, tuple(store_handlers)))
+    return result
