@@ -1,0 +1,103 @@
+"""RabbitMQ for eventyard: the seed's configurer, buses, consumer and chaos.
+
+The only package that imports the AMQP client (aiormq).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from eventyard.buses import CommandBus, DomainEventBus, MessageConfigurer, MessageConsumer
+from eventyard.chaos import EventChaos
+from eventyard.consuming import AsyncMessageConsumer, ConsumerSettings, Observer
+from eventyard.publishing import AsyncCommandBus, AsyncDomainEventBus
+from eventyard.rabbitmq.connector import RabbitMqConnector
+from eventyard.rabbitmq.settings import ConnectionSettings
+from eventyard.rabbitmq.transport import RabbitMqTransport
+from eventyard.topology import TopologyOptions
+
+__all__ = [
+    "AsyncRabbitMqCommandBus",
+    "AsyncRabbitMqDomainEventBus",
+    "AsyncRabbitMqMessageConsumer",
+    "ConnectionSettings",
+    "RabbitMqCommandBus",
+    "RabbitMqConnector",
+    "RabbitMqDomainEventBus",
+    "RabbitMqEventChaos",
+    "RabbitMqMessageConfigurer",
+    "RabbitMqMessageConsumer",
+    "RabbitMqTransport",
+]
+
+
+class RabbitMqMessageConfigurer(MessageConfigurer):
+    """Declares exchanges, queues and bindings for subscribers: ``(connector, org, service)``."""
+
+    def __init__(self, connector: RabbitMqConnector, organization: str, service: str, *,
+                 options: TopologyOptions | None = None, retry_ttl_ms: int | None = None,
+                 queue_type: str | None = None) -> None:
+        super().__init__(connector, organization, service, options=options,
+                         retry_ttl_ms=retry_ttl_ms, queue_type=queue_type)
+
+
+class RabbitMqDomainEventBus(DomainEventBus):
+    """Publishes domain events to ``<org>.<service>`` with publisher confirms."""
+
+    def __init__(self, connector: RabbitMqConnector, organization: str, service: str) -> None:
+        super().__init__(connector, organization, service)
+
+
+class RabbitMqCommandBus(CommandBus):
+    """Dispatches commands to ``<org>.<service>``; unroutable commands raise."""
+
+    def __init__(self, connector: RabbitMqConnector, organization: str, service: str) -> None:
+        super().__init__(connector, organization, service)
+
+
+class RabbitMqEventChaos(EventChaos):
+    """Chaos for a RabbitMQ consumer (see ``EventChaos``)."""
+
+
+class RabbitMqMessageConsumer(MessageConsumer):
+    """Consumes subscriber queues: ``(connector, org, service, max_retries)``.
+
+    Prefetch defaults to the connector's ``RABBITMQ_PREFETCH_COUNT`` (10).
+    """
+
+    def __init__(self, connector: RabbitMqConnector, organization: str, service: str,
+                 max_retries: int = 5, *, chaos: EventChaos | None = None,
+                 settings: ConsumerSettings | None = None, prefetch: int | None = None,
+                 concurrency: int | None = None, observers: Sequence[Observer] = ()) -> None:
+        if settings is None and prefetch is None:
+            prefetch = connector.settings.prefetch_count
+        super().__init__(connector, organization, service, max_retries, chaos=chaos,
+                         settings=settings, prefetch=prefetch, concurrency=concurrency,
+                         observers=observers)
+
+
+class AsyncRabbitMqDomainEventBus(AsyncDomainEventBus):
+    """``await bus.publish(...)`` on the caller's event loop."""
+
+    def __init__(self, connector: RabbitMqConnector, organization: str, service: str) -> None:
+        super().__init__(connector.publisher_transport, organization, service)
+
+
+class AsyncRabbitMqCommandBus(AsyncCommandBus):
+    """``await bus.dispatch(...)`` on the caller's event loop."""
+
+    def __init__(self, connector: RabbitMqConnector, organization: str, service: str) -> None:
+        super().__init__(connector.publisher_transport, organization, service)
+
+
+class AsyncRabbitMqMessageConsumer(AsyncMessageConsumer):
+    """The consumer for async applications: ``await start()``, ``await run_until_signal()``."""
+
+    def __init__(self, connector: RabbitMqConnector, organization: str, service: str,
+                 max_retries: int = 5, *, chaos: EventChaos | None = None,
+                 settings: ConsumerSettings | None = None,
+                 observers: Sequence[Observer] = ()) -> None:
+        super().__init__(connector.consumer_transport, organization, service, max_retries,
+                         settings=settings or ConsumerSettings(
+                             prefetch=connector.settings.prefetch_count),
+                         chaos=chaos, observers=observers)

@@ -1,0 +1,101 @@
+"""``RabbitMqConnector``: connection settings plus the connections the buses and consumers use.
+
+Publishers on one event loop share one connection; each consumer gets its own, so a slow
+publisher never holds up a consumer's acks. The sync API runs on the connector's own loop
+thread; async applications use the connector from their loop and get connections there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import weakref
+from collections.abc import Mapping
+
+from eventyard.engine import LoopThread
+from eventyard.rabbitmq.settings import ConnectionSettings, settings_from
+from eventyard.rabbitmq.transport import RabbitMqTransport
+
+
+class RabbitMqConnector:
+    """Where RabbitMQ is: an ``amqp://``/``amqps://`` URL, arguments, or ``RABBITMQ_*`` variables."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        host: str | None = None,
+        port: int | None = None,
+        user: str | None = None,
+        password: str | None = None,
+        vhost: str | None = None,
+        heartbeat: int | None = None,
+        prefetch_count: int | None = None,
+        settings: ConnectionSettings | None = None,
+        environ: Mapping[str, str] | None = None,
+        name: str = "eventyard",
+    ) -> None:
+        self.settings = settings or settings_from(
+            url, host=host, port=port, user=user, password=password, vhost=vhost,
+            heartbeat=heartbeat, prefetch_count=prefetch_count, environ=environ)
+        self.name = name
+        self._loop_thread = LoopThread("eventyard-rabbitmq")
+        self._publishers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, RabbitMqTransport] = (
+            weakref.WeakKeyDictionary())
+        self._creating: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+            weakref.WeakKeyDictionary())
+        self._consumers: weakref.WeakSet[RabbitMqTransport] = weakref.WeakSet()
+        self._lock = threading.Lock()
+
+    @property
+    def loop_thread(self) -> LoopThread:
+        """The event loop the sync API runs on."""
+        return self._loop_thread
+
+    async def publisher_transport(self) -> RabbitMqTransport:
+        """The connection publishers on the running loop share (connected on first use)."""
+        loop = asyncio.get_running_loop()
+        transport = self._publishers.get(loop)
+        if transport is not None:
+            return transport
+        with self._lock:
+            lock = self._creating.setdefault(loop, asyncio.Lock())
+        async with lock:
+            transport = self._publishers.get(loop)
+            if transport is None:
+                transport = RabbitMqTransport(self.settings, name=f"{self.name}-publisher")
+                await transport.connect()
+                self._publishers[loop] = transport
+        return transport
+
+    async def consumer_transport(self) -> RabbitMqTransport:
+        """A new connection for one consumer."""
+        transport = RabbitMqTransport(self.settings, name=f"{self.name}-consumer")
+        await transport.connect()
+        self._consumers.add(transport)
+        return transport
+
+    async def aclose(self) -> None:
+        """Close the connections opened on the running loop."""
+        loop = asyncio.get_running_loop()
+        transport = self._publishers.pop(loop, None)
+        if transport is not None:
+            await transport.close()
+        for consumer in list(self._consumers):
+            await consumer.close()
+
+    def close(self) -> None:
+        """Close the sync API's connections and stop its loop thread."""
+        if self._loop_thread.in_loop_thread():
+            raise RuntimeError("close() cannot be called from an eventyard handler")
+        self._loop_thread.run(self.aclose(), timeout=30)
+        self._loop_thread.stop()
+
+    def __enter__(self) -> RabbitMqConnector:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"RabbitMqConnector({self.settings.describe()!r})"

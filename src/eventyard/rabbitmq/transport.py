@@ -1,0 +1,358 @@
+"""The RabbitMQ transport: the ``Transport`` port over one aiormq connection.
+
+Robustness is *record, then replay*: the transport remembers the topology it declared and the
+queues it consumes, and after a lost connection one reconnect loop (with backoff) opens a new
+connection, declares the topology again and resumes every consumption. The first connect fails
+fast with an error naming the broker (never the password).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import aiormq
+import aiormq.exceptions as amqp_errors
+from aiormq.abc import AbstractChannel, AbstractConnection, DeliveredMessage
+from pamqp import commands as spec
+
+from eventyard.errors import (
+    BrokerConnectionError,
+    ConfigurationError,
+    PublishNackedError,
+    TopologyMismatchError,
+)
+from eventyard.ports import DeliveryCallback, OutgoingMessage
+from eventyard.rabbitmq.delivery import RabbitMqDelivery
+from eventyard.rabbitmq.settings import ConnectionSettings
+from eventyard.topology import Topology
+
+logger = logging.getLogger(__name__)
+
+_CONNECTION_ERRORS = (amqp_errors.AMQPConnectionError, amqp_errors.ChannelInvalidStateError,
+                      ConnectionError, OSError, asyncio.TimeoutError, RuntimeError)
+_MAX_BACKOFF_SECONDS = 5.0
+
+
+def _scrub(text: str, settings: ConnectionSettings) -> str:
+    secret = settings.password
+    if secret and secret != settings.user and len(secret) >= 3:
+        text = text.replace(secret, "****")
+    return text
+
+
+class RabbitMqTransport:
+    """One RabbitMQ connection: a confirming publish channel and one channel per consumption."""
+
+    def __init__(self, settings: ConnectionSettings, *, name: str = "eventyard",
+                 publish_window: int = 2048) -> None:
+        self.settings = settings
+        self.name = name
+        self.publish_window = publish_window
+        self._connection: AbstractConnection | None = None
+        self._channel: AbstractChannel | None = None
+        self._ready = asyncio.Event()
+        self._closed = False
+        self._topologies: list[Topology] = []
+        self._consumptions: list[_Consumption] = []
+        self._reconnecting: asyncio.Task[None] | None = None
+        self._channel_lock = asyncio.Lock()
+        self.reconnections = 0
+
+    # -- connecting ---------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Connect for the first time; raise ``BrokerConnectionError`` at once on failure."""
+        await self._setup(await self._open_connection())
+
+    async def _open_connection(self) -> AbstractConnection:
+        problems = []
+        for host in self.settings.hosts:
+            try:
+                return await asyncio.wait_for(
+                    aiormq.connect(self.settings.url(host, name=self.name)),
+                    self.settings.connect_timeout)
+            except amqp_errors.ProbableAuthenticationError as error:
+                problems.append(f"{host}:{self.settings.port}: login refused for user "
+                                f"{self.settings.user!r} ({_scrub(str(error), self.settings)})")
+            except Exception as error:
+                reason = _scrub(str(error) or type(error).__name__, self.settings)
+                problems.append(f"{host}:{self.settings.port}: {reason}")
+        raise BrokerConnectionError(
+            f"cannot connect to RabbitMQ at {self.settings.describe()} ({'; '.join(problems)}). "
+            "Is the broker running and reachable? Set RABBITMQ_HOST/RABBITMQ_PORT/RABBITMQ_USER/"
+            "RABBITMQ_PASSWORD or pass an amqp:// URL to RabbitMqConnector."
+        )
+
+    async def _setup(self, connection: AbstractConnection) -> None:
+        try:
+            channel = await connection.channel(publisher_confirms=True, on_return_raises=False)
+            for topology in self._topologies:
+                await self._declare_on(connection, topology)
+            for consumption in self._consumptions:
+                await consumption.attach(connection)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await connection.close()
+            raise
+        self._connection, self._channel = connection, channel
+        connection.closing.add_done_callback(self._on_connection_closed)
+        self._ready.set()
+
+    def _on_connection_closed(self, closing: asyncio.Future[Any]) -> None:
+        if not closing.cancelled():
+            closing.exception()  # mark retrieved; the reason is logged below
+        if self._closed or (self._reconnecting and not self._reconnecting.done()):
+            return
+        self._ready.clear()
+        logger.warning("connection to RabbitMQ at %s lost; reconnecting", self.settings.describe())
+        self._reconnecting = asyncio.get_running_loop().create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        delay = 0.1
+        while not self._closed:
+            try:
+                connection = await self._open_connection()
+                await self._setup(connection)
+            except Exception as error:
+                logger.warning("reconnect to RabbitMQ failed (%s); next try in %.1fs", error, delay)
+                await asyncio.sleep(delay)  # backoff between attempts, not synchronisation
+                delay = min(delay * 2, _MAX_BACKOFF_SECONDS)
+            else:
+                self.reconnections += 1
+                logger.info("reconnected to RabbitMQ at %s", self.settings.describe())
+                return
+
+    async def _ready_connection(self) -> AbstractConnection:
+        if self._closed:
+            raise BrokerConnectionError("the RabbitMQ transport is closed")
+        if not self._ready.is_set():
+            try:
+                await asyncio.wait_for(self._ready.wait(), self.settings.connect_timeout)
+            except TimeoutError:
+                raise BrokerConnectionError(
+                    f"RabbitMQ at {self.settings.describe()} has been unreachable for "
+                    f"{self.settings.connect_timeout:.0f}s") from None
+        assert self._connection is not None
+        return self._connection
+
+    async def _publish_channel(self) -> AbstractChannel:
+        connection = await self._ready_connection()
+        channel = self._channel
+        if channel is None or channel.is_closed:
+            async with self._channel_lock:
+                if self._channel is None or self._channel.is_closed:
+                    self._channel = await connection.channel(publisher_confirms=True,
+                                                             on_return_raises=False)
+                channel = self._channel
+        return channel
+
+    # -- topology -----------------------------------------------------------------------------
+
+    async def declare(self, topology: Topology) -> None:
+        """Declare ``topology`` and remember it for reconnects."""
+        await self._declare_on(await self._ready_connection(), topology)
+        if topology not in self._topologies:
+            self._topologies.append(topology)
+
+    async def _declare_on(self, connection: AbstractConnection, topology: Topology) -> None:
+        channel = await connection.channel(publisher_confirms=False)
+        what = ""
+        try:
+            for exchange in topology.exchanges:
+                what = f"exchange {exchange.name!r}"
+                await channel.exchange_declare(exchange.name, exchange_type=exchange.type,
+                                               durable=exchange.durable)
+            for queue in topology.queues:
+                what = f"queue {queue.name!r}"
+                await channel.queue_declare(queue.name, durable=queue.durable,
+                                            arguments=dict(queue.arguments))
+            for binding in topology.bindings:
+                what = f"binding of {binding.queue!r} to {binding.exchange!r}"
+                await channel.queue_bind(binding.queue, binding.exchange,
+                                         routing_key=binding.routing_key)
+        except amqp_errors.ChannelPreconditionFailed as error:
+            raise TopologyMismatchError(
+                f"{what} already exists with other settings: {_reply_text(error)}. eventyard never "
+                "deletes it for you: declare it with the same options (retry TTL, queue type, "
+                "TTL), or move its messages away and delete it, then configure again."
+            ) from None
+        except amqp_errors.ChannelAccessRefused as error:
+            raise ConfigurationError(f"not allowed to declare {what}: {_reply_text(error)}") from None
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+
+    async def delete(self, topology: Topology) -> None:
+        """Delete the queues and exchanges of ``topology``."""
+        connection = await self._ready_connection()
+        channel = await connection.channel(publisher_confirms=False)
+        try:
+            for queue in topology.queues:
+                await channel.queue_delete(queue.name)
+            for exchange in topology.exchanges:
+                await channel.exchange_delete(exchange.name)
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+        with contextlib.suppress(ValueError):
+            self._topologies.remove(topology)
+
+    # -- publishing ---------------------------------------------------------------------------
+
+    async def publish(self, messages: Sequence[OutgoingMessage]) -> list[int]:
+        """Publish all of ``messages`` with confirms, many in flight; return unroutable indexes."""
+        channel = await self._publish_channel()
+        if len(messages) == 1:
+            results: list[Any] = [await self._publish_one(channel, messages[0])]
+        else:
+            window = asyncio.Semaphore(self.publish_window)
+
+            async def windowed(message: OutgoingMessage) -> Any:
+                async with window:
+                    return await self._publish_one(channel, message)
+
+            results = list(await asyncio.gather(*(windowed(m) for m in messages),
+                                                return_exceptions=True))
+        unroutable = []
+        for index, result in enumerate(results):
+            if isinstance(result, BaseException):
+                raise result
+            if isinstance(result, DeliveredMessage):
+                unroutable.append(index)
+        return unroutable
+
+    async def _publish_one(self, channel: AbstractChannel, message: OutgoingMessage) -> Any:
+        properties = spec.Basic.Properties(
+            content_type=message.content_type,
+            delivery_mode=2,
+            message_id=message.message_id,
+            message_type=message.type,
+            timestamp=(datetime.fromtimestamp(message.timestamp, UTC)
+                       if message.timestamp is not None else None),
+            headers=message.headers or None,
+        )
+        try:
+            return await channel.basic_publish(message.body, exchange=message.exchange,
+                                               routing_key=message.routing_key,
+                                               properties=properties, mandatory=True)
+        except amqp_errors.DeliveryError as error:
+            raise PublishNackedError(
+                f"RabbitMQ refused message {message.message_id} to {message.exchange!r} "
+                f"({message.routing_key}); it was not stored") from error
+        except amqp_errors.ChannelNotFoundEntity as error:
+            raise ConfigurationError(
+                f"cannot publish to {message.exchange!r}: {_reply_text(error)}; declare the "
+                "topology first (RabbitMqMessageConfigurer.configure_subscribers)") from None
+        except _CONNECTION_ERRORS as error:
+            raise BrokerConnectionError(
+                f"connection to RabbitMQ lost before message {message.message_id} was "
+                f"confirmed ({type(error).__name__}); it may or may not be stored") from error
+
+    # -- consuming ----------------------------------------------------------------------------
+
+    async def consume(self, queue: str, callback: DeliveryCallback, *, prefetch: int) -> _Consumption:
+        """Deliver ``queue``'s messages to ``callback`` in order; resumes after reconnects."""
+        connection = await self._ready_connection()
+        consumption = _Consumption(self, queue, callback, prefetch)
+        await consumption.attach(connection)
+        self._consumptions.append(consumption)
+        return consumption
+
+    async def close(self) -> None:
+        """Close the connection; unacked deliveries return to their queues."""
+        self._closed = True
+        self._ready.clear()
+        if self._reconnecting is not None:
+            self._reconnecting.cancel()
+        for consumption in self._consumptions:
+            consumption.stop_pump()
+        self._consumptions.clear()
+        if self._connection is not None:
+            with contextlib.suppress(Exception):
+                await self._connection.close()
+
+    async def drop_connection(self) -> None:
+        """Close the connection abruptly, as a network failure would (for chaos and tests)."""
+        if self._connection is not None:
+            await self._connection.close(ConnectionResetError("dropped by eventyard chaos"))
+
+    @property
+    def is_connected(self) -> bool:
+        """True while a connection is open."""
+        return self._ready.is_set()
+
+
+def _reply_text(error: BaseException) -> str:
+    args = getattr(error, "args", ())
+    frame = next((a for a in args if hasattr(a, "reply_text")), None)
+    return str(frame.reply_text) if frame is not None else str(error)
+
+
+class _Consumption:
+    """One queue consumed on a channel of its own; its pump runs the callback in order."""
+
+    def __init__(self, transport: RabbitMqTransport, queue: str, callback: DeliveryCallback,
+                 prefetch: int) -> None:
+        self.transport = transport
+        self.queue = queue
+        self.callback = callback
+        self.prefetch = prefetch
+        self.channel: AbstractChannel | None = None
+        self.consumer_tag = ""
+        self.cancelled = False
+        self._buffer: asyncio.Queue[RabbitMqDelivery | None] = asyncio.Queue()
+        self._pump: asyncio.Task[None] | None = None
+
+    async def attach(self, connection: AbstractConnection) -> None:
+        """Open a channel and start consuming on ``connection``."""
+        channel = await connection.channel(publisher_confirms=False)
+        await channel.basic_qos(prefetch_count=self.prefetch)
+        try:
+            ok = await channel.basic_consume(self.queue, self._on_message)
+        except amqp_errors.ChannelNotFoundEntity:
+            raise ConfigurationError(
+                f"queue {self.queue!r} does not exist on the broker: configure the subscribers "
+                "(RabbitMqMessageConfigurer.configure_subscribers) before consuming") from None
+        self.channel, self.consumer_tag = channel, str(ok.consumer_tag)
+        if self._pump is None or self._pump.done():
+            self._pump = asyncio.get_running_loop().create_task(self._run_pump())
+
+    async def _on_message(self, message: DeliveredMessage) -> None:
+        self._buffer.put_nowait(RabbitMqDelivery(message, self.queue))
+
+    async def _run_pump(self) -> None:
+        while True:
+            delivery = await self._buffer.get()
+            if delivery is None:
+                return
+            if delivery.is_stale:  # its channel died: the broker hands the message out again
+                continue
+            try:
+                await self.callback(delivery)
+            except Exception:
+                logger.exception("delivery callback failed for %s", self.queue)
+
+    async def cancel(self) -> None:
+        """Stop consuming; buffered deliveries go back to the queue; held ones may be acked."""
+        self.cancelled = True
+        with contextlib.suppress(ValueError):
+            self.transport._consumptions.remove(self)
+        channel = self.channel
+        if channel is not None and not channel.is_closed:
+            with contextlib.suppress(Exception):
+                await channel.basic_cancel(self.consumer_tag)
+        while not self._buffer.empty():
+            delivery = self._buffer.get_nowait()
+            if delivery is not None and not delivery.is_stale:
+                with contextlib.suppress(Exception):
+                    await delivery.reject(requeue=True)
+        self.stop_pump()
+
+    def stop_pump(self) -> None:
+        """Let the pump end after the delivery it is running."""
+        self._buffer.put_nowait(None)
