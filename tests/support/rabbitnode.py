@@ -1,0 +1,135 @@
+"""A throwaway RabbitMQ node for tests that stop, restart or cut off a broker.
+
+It has its own node name, ports, data and log directories in a temp folder and never touches
+the shared broker. Start takes about 10 s.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
+CTL = "/usr/lib/rabbitmq/bin/rabbitmqctl"
+
+
+def rabbitmq_installed() -> bool:
+    """True when a node can be started here."""
+    return os.access(SERVER, os.X_OK)
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    """True when something accepts TCP connections on ``port``."""
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class ThrowawayNode:
+    """A RabbitMQ node of its own: ``start()``, ``stop()``, ``restart()``, ``url``."""
+
+    def __init__(self, base: Path | None = None) -> None:
+        self.base = Path(base or tempfile.mkdtemp(prefix="eventyard-rabbit-"))
+        suffix = uuid.uuid4().hex[:8]
+        self.nodename = f"eventyard-test-{suffix}@localhost"
+        self.port = free_port()
+        self.dist_port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        (self.base / "home").mkdir(parents=True, exist_ok=True)
+        (self.base / "mnesia").mkdir(exist_ok=True)
+        (self.base / "log").mkdir(exist_ok=True)
+        (self.base / "enabled_plugins").write_text("[].\n")
+        (self.base / "rabbitmq.conf").write_text(
+            f"listeners.tcp.default = 127.0.0.1:{self.port}\n"
+            "loopback_users.guest = true\n"
+        )
+        (self.base / "rabbitmq-env.conf").write_text("")
+
+    @property
+    def url(self) -> str:
+        """``amqp://guest:guest@127.0.0.1:<port>/``."""
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/"
+
+    def env(self) -> dict[str, str]:
+        """The environment that makes rabbitmq-server and rabbitmqctl talk to this node."""
+        env = dict(os.environ)
+        env.update({
+            "HOME": str(self.base / "home"),
+            "RABBITMQ_NODENAME": self.nodename,
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_MNESIA_BASE": str(self.base / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(self.base / "log"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.base / "enabled_plugins"),
+            "RABBITMQ_CONFIG_FILE": str(self.base / "rabbitmq.conf"),
+            "RABBITMQ_CONF_ENV_FILE": str(self.base / "rabbitmq-env.conf"),
+            "RABBITMQ_PID_FILE": str(self.base / "rabbit.pid"),
+            "ERL_EPMD_ADDRESS": "127.0.0.1",
+        })
+        return env
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start the node and wait until it accepts AMQP connections."""
+        if self.process is not None and self.process.poll() is None:
+            return
+        log = open(self.base / "server.out", "ab")  # noqa: SIM115 - kept for the process's life
+        self.process = subprocess.Popen([SERVER], env=self.env(), stdout=log, stderr=log,
+                                        stdin=subprocess.DEVNULL, start_new_session=True)
+        subprocess.run([CTL, "-n", self.nodename, "wait", str(self.base / "rabbit.pid"),
+                        "--timeout", str(int(timeout))], env=self.env(), check=False,
+                       capture_output=True, timeout=timeout + 10)
+        deadline = time.monotonic() + timeout
+        while not port_open(self.port):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                output = (self.base / "server.out").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"throwaway RabbitMQ node did not start:\n{output}")
+            time.sleep(0.1)  # polling a port with a deadline
+
+    def stop(self) -> None:
+        """Stop the node cleanly (durable queues and persistent messages survive)."""
+        if self.process is None:
+            return
+        subprocess.run([CTL, "-n", self.nodename, "stop"], env=self.env(), check=False,
+                       capture_output=True, timeout=60)
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+        self.process = None
+
+    def restart(self) -> None:
+        """Stop, then start again on the same ports and data."""
+        self.stop()
+        self.start()
+
+    def ctl(self, *args: str) -> str:
+        """Run rabbitmqctl against this node; return its output."""
+        result = subprocess.run([CTL, "-n", self.nodename, *args], env=self.env(), check=True,
+                                capture_output=True, text=True, timeout=60)
+        return result.stdout
+
+    def destroy(self) -> None:
+        """Stop the node and remove its files."""
+        try:
+            self.stop()
+        finally:
+            if self.process is not None and self.process.poll() is None:
+                self.process.kill()
+            shutil.rmtree(self.base, ignore_errors=True)
