@@ -1,0 +1,318 @@
+"""The in-memory broker's state machine: declare, route, deliver, settle, expire, dead-letter.
+
+Every method runs under one re-entrant lock and never awaits, so any thread or event loop may
+call it; consumptions are woken thread-safely. Semantics follow RabbitMQ: topic routing,
+per-queue ``x-message-ttl`` (expiring at the head of the queue), ``x-dead-letter-exchange`` /
+``x-dead-letter-routing-key`` on expiry and on ``reject(requeue=False)``, ``x-death`` headers,
+requeue at the head with ``redelivered``, and round-robin between competing consumers.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from eventyard.errors import (
+    BrokerConnectionError,
+    BrokerError,
+    ConfigurationError,
+    TopologyMismatchError,
+)
+from eventyard.memory.clock import Clock
+from eventyard.memory.routing import Exchange, Queue, Stored, argument_differences
+from eventyard.ports import OutgoingMessage
+from eventyard.topology import Topology
+
+if TYPE_CHECKING:
+    from eventyard.memory.transport import MemoryConsumption, MemoryDelivery
+
+logger = logging.getLogger(__name__)
+
+
+class BrokerState:
+    """Exchanges, queues and consumptions of one in-memory broker."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.lock = threading.RLock()
+        self.exchanges: dict[str, Exchange] = {}
+        self.queues: dict[str, Queue] = {}
+        self.consumptions: set[MemoryConsumption] = set()
+        self.listeners: list[Any] = []  # callables run on every change (idle waiters)
+        self._jumping = False
+        self._tags = 0
+
+    # -- topology -------------------------------------------------------------------------
+    def declare(self, topology: Topology) -> None:
+        """Create what ``topology`` describes; raise ``TopologyMismatchError`` on a clash."""
+        with self.lock:
+            for spec in topology.exchanges:
+                found = self.exchanges.get(spec.name)
+                if found is not None and (found.type, found.durable) != (spec.type, spec.durable):
+                    raise TopologyMismatchError(
+                        f"exchange {spec.name!r} exists as {found.type} (durable={found.durable}), "
+                        f"declared as {spec.type} (durable={spec.durable}); delete it, or declare "
+                        "it as it is")
+            for qspec in topology.queues:
+                existing = self.queues.get(qspec.name)
+                if existing is None:
+                    continue
+                differences = argument_differences(existing.arguments, qspec.arguments)
+                if existing.durable != qspec.durable:
+                    differences.append(f"durable: exists {existing.durable}, declared {qspec.durable}")
+                if differences:
+                    raise TopologyMismatchError(
+                        f"queue {qspec.name!r} exists with other arguments ({'; '.join(differences)}); "
+                        "declare it with the arguments it has (same retry TTL and queue type), or "
+                        "delete the queue (its messages are lost) and configure again")
+            for spec in topology.exchanges:
+                self.exchanges.setdefault(spec.name, Exchange(spec.name, spec.type, spec.durable))
+            for qspec in topology.queues:
+                self.queues.setdefault(qspec.name, Queue(qspec.name, dict(qspec.arguments),
+                                                         qspec.durable))
+            for binding in topology.bindings:
+                exchange = self.exchanges.get(binding.exchange)
+                if exchange is None or binding.queue not in self.queues:
+                    missing = binding.exchange if exchange is None else binding.queue
+                    raise ConfigurationError(
+                        f"cannot bind {binding.queue!r} to {binding.exchange!r}: {missing!r} does "
+                        "not exist; declare it in the same topology")
+                exchange.bindings.add((binding.routing_key, binding.queue))
+
+    def delete(self, topology: Topology) -> None:
+        """Remove the queues (messages and consumers too) and exchanges of ``topology``."""
+        with self.lock:
+            names = {spec.name for spec in topology.queues}
+            for name in names:
+                queue = self.queues.pop(name, None)
+                for consumption in list(queue.consumers) if queue else []:
+                    # RabbitMQ cancels the consumers of a deleted queue.
+                    consumption.cancelled = True
+                    self.remove_consumption(consumption, release_all=False)
+                    consumption.wake()
+            for exchange in self.exchanges.values():
+                exchange.bindings = {b for b in exchange.bindings if b[1] not in names}
+            for spec in topology.exchanges:
+                self.exchanges.pop(spec.name, None)
+            self.changed()
+
+    # -- publishing and routing ------------------------------------------------------------
+    def publish(self, messages: Sequence[OutgoingMessage]) -> list[int]:
+        """Route every message; return the indexes of those that reached no queue."""
+        with self.lock:
+            for message in messages:
+                if message.exchange and message.exchange not in self.exchanges:
+                    raise ConfigurationError(
+                        f"exchange {message.exchange!r} not found; run the configurer first")
+            unroutable = [index for index, message in enumerate(messages)
+                          if not self._route(message.exchange, message.routing_key, Stored.of(message))]
+            self.changed()
+            return unroutable
+
+    def _route(self, exchange_name: str, routing_key: str, stored: Stored) -> int:
+        if not exchange_name:  # the default exchange: straight to the queue named by the key
+            names = [routing_key] if routing_key in self.queues else []
+        else:
+            names = self.exchanges[exchange_name].route(routing_key)
+        for name in names:
+            self._enqueue(self.queues[name], stored.copy())
+        return len(names)
+
+    def _enqueue(self, queue: Queue, stored: Stored) -> None:
+        ttl = queue.ttl_seconds
+        if ttl is not None:
+            stored.expires_at = self.clock.now() + ttl
+            self.clock.call_at(stored.expires_at, lambda: self.expire(queue.name))
+        queue.ready.append(stored)
+        self._dispatch(queue)
+
+    def _dead_letter(self, queue: Queue, stored: Stored, reason: str) -> None:
+        exchange_name = queue.dead_letter_exchange
+        if exchange_name is None:
+            logger.debug("message %s %s from %s and dropped (no dead-letter exchange)",
+                         stored.message_id, reason, queue.name)
+            return
+        key = str(queue.arguments.get("x-dead-letter-routing-key", stored.routing_key))
+        if exchange_name not in self.exchanges:
+            logger.warning("dead-letter exchange %s of %s does not exist: message %s dropped",
+                           exchange_name, queue.name, stored.message_id)
+            return
+        moved = replace(stored, exchange=exchange_name, routing_key=key,
+                        headers=_with_death(stored, queue.name, reason), redelivered=False,
+                        expires_at=None, delivery_count=0)
+        if not self._route(exchange_name, key, moved):
+            logger.warning("dead letter of %s (key %s) reached no queue: message %s dropped",
+                           queue.name, key, stored.message_id)
+
+    def expire(self, queue_name: str) -> None:
+        """Dead-letter the expired messages at the head of ``queue_name`` (a timer fired)."""
+        with self.lock:
+            queue = self.queues.get(queue_name)
+            if queue is None or not queue.ready:
+                return
+            now = self.clock.now()
+            expired = False
+            while queue.ready and _expired(queue.ready[0], now):
+                self._dead_letter(queue, queue.ready.popleft(), "expired")
+                expired = True
+            head = queue.ready[0] if queue.ready else None
+            if not expired and head is not None and head.expires_at is not None:
+                # The timer fired a hair early: look again when the head is really due.
+                self.clock.call_at(head.expires_at, lambda: self.expire(queue_name))
+            if expired:
+                self.changed()
+
+    # -- delivering ------------------------------------------------------------------------
+    def _dispatch(self, queue: Queue) -> None:
+        now = self.clock.now()
+        while queue.ready and queue.consumers:
+            if _expired(queue.ready[0], now):
+                self._dead_letter(queue, queue.ready.popleft(), "expired")
+                continue
+            consumption = self._next_consumer(queue)
+            if consumption is None:
+                return
+            self._tags += 1
+            consumption.give(queue.ready.popleft(), self._tags)
+
+    def _next_consumer(self, queue: Queue) -> MemoryConsumption | None:
+        count = len(queue.consumers)
+        for step in range(count):
+            candidate = queue.consumers[(queue.next_consumer + step) % count]
+            if not candidate.cancelled and candidate.capacity() > 0:
+                queue.next_consumer = (queue.next_consumer + step + 1) % count
+                return candidate  # type: ignore[no-any-return]
+        return None
+
+    def add_consumption(self, consumption: MemoryConsumption) -> None:
+        """Start delivering ``consumption.queue`` to ``consumption``."""
+        with self.lock:
+            queue = self.queues.get(consumption.queue)
+            if queue is None:
+                raise ConfigurationError(
+                    f"queue {consumption.queue!r} not found; run the configurer "
+                    "(configure_subscribers) before consuming")
+            queue.consumers.append(consumption)
+            self.consumptions.add(consumption)
+            self._dispatch(queue)
+
+    def remove_consumption(self, consumption: MemoryConsumption, *, release_all: bool) -> None:
+        """Stop delivering to ``consumption``; buffered (or, with ``release_all``, all) go back."""
+        with self.lock:
+            queue = self.queues.get(consumption.queue)
+            if queue is not None and consumption in queue.consumers:
+                queue.consumers.remove(consumption)
+            self.consumptions.discard(consumption)
+            self.release(consumption, seen_too=release_all)
+
+    def release(self, consumption: MemoryConsumption, *, seen_too: bool) -> None:
+        """Put ``consumption``'s unacked deliveries back at the head of their queue, in order."""
+        with self.lock:
+            back = [d for d in consumption.unacked.values() if seen_too or not d.seen]
+            for delivery in back:
+                del consumption.unacked[delivery.tag]
+                delivery.state = "returned"
+            consumption.buffer.clear()
+            queue = self.queues.get(consumption.queue)
+            if queue is not None and back:
+                self._requeue(queue, [(d.stored, d.seen) for d in sorted(back, key=lambda d: d.tag)])
+                self._dispatch(queue)
+            self.changed()
+
+    def _requeue(self, queue: Queue, items: list[tuple[Stored, bool]]) -> None:
+        keep: list[Stored] = []
+        for stored, seen in items:
+            if seen:
+                stored.redelivered = True
+                stored.delivery_count += 1
+            limit = queue.delivery_limit
+            if limit is not None and stored.delivery_count > limit:
+                self._dead_letter(queue, stored, "delivery_limit")
+            else:
+                keep.append(stored)
+        queue.ready.extendleft(reversed(keep))
+
+    def settle(self, delivery: MemoryDelivery, *, ack: bool, requeue: bool) -> None:
+        """Ack, requeue or dead-letter one delivery."""
+        with self.lock:
+            consumption = delivery.consumption
+            if delivery.state == "returned":
+                raise BrokerConnectionError(
+                    f"the connection of this delivery from {delivery.queue!r} was lost; the "
+                    "message went back to its queue and will be delivered again")
+            if delivery.state == "settled" or delivery.tag not in consumption.unacked:
+                raise BrokerError(f"delivery {delivery.tag} from {delivery.queue!r} was already "
+                                  "acked or rejected")
+            del consumption.unacked[delivery.tag]
+            delivery.state = "settled"
+            queue = self.queues.get(delivery.queue)
+            if queue is not None and not ack:
+                if requeue:
+                    self._requeue(queue, [(delivery.stored, True)])
+                else:
+                    self._dead_letter(queue, delivery.stored, "rejected")
+            if queue is not None:
+                self._dispatch(queue)
+            self.changed()
+
+    # -- quiet, idle and the virtual clock --------------------------------------------------
+    def is_quiet(self) -> bool:
+        """Nothing is moving: no unacked delivery, no ready message on a consumed queue."""
+        with self.lock:
+            if any(c.unacked for c in self.consumptions):
+                return False
+            return not any(q.ready and any(not c.cancelled for c in q.consumers)
+                           for q in self.queues.values())
+
+    def timers_pending(self) -> int:
+        """Messages waiting for a TTL to expire (a retry delay, usually)."""
+        with self.lock:
+            return sum(len(q.ready) for q in self.queues.values() if q.ttl_seconds is not None)
+
+    def is_idle(self) -> bool:
+        """Quiet, and no message waits for a TTL: nothing will happen by itself."""
+        with self.lock:
+            return self.is_quiet() and not self.timers_pending()
+
+    def changed(self) -> None:
+        """Wake whoever waits on the broker; with an autojump clock, skip dead time."""
+        with self.lock:
+            for listener in list(self.listeners):
+                listener()
+            if not self.clock.autojump or self._jumping:
+                return
+            self._jumping = True
+            try:
+                while self.is_quiet() and self.timers_pending() and self.clock.jump():
+                    pass
+            finally:
+                self._jumping = False
+
+
+def _expired(stored: Stored, now: float) -> bool:
+    return stored.expires_at is not None and stored.expires_at <= now
+
+
+def _with_death(stored: Stored, queue: str, reason: str) -> dict[str, Any]:
+    """``stored``'s headers with RabbitMQ's ``x-death`` record of this dead-lettering."""
+    headers = dict(stored.headers)
+    deaths = [dict(d) for d in headers.get("x-death") or [] if isinstance(d, dict)]
+    for death in deaths:
+        if death.get("queue") == queue and death.get("reason") == reason:
+            death["count"] = int(death.get("count", 0)) + 1
+            death["time"] = int(time.time())
+            deaths.remove(death)
+            deaths.insert(0, death)
+            break
+    else:
+        deaths.insert(0, {"count": 1, "reason": reason, "queue": queue, "time": int(time.time()),
+                          "exchange": stored.exchange, "routing-keys": [stored.routing_key]})
+    headers["x-death"] = deaths
+    headers.setdefault("x-first-death-exchange", stored.exchange)
+    headers.setdefault("x-first-death-queue", queue)
+    headers.setdefault("x-first-death-reason", reason)
+    return headers
