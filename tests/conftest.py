@@ -10,21 +10,11 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 
-from support.broker import URL_ENV, Inspector, configured_url, probe
+from support.broker import URL_ENV, Inspector, RabbitBroker, configured_url, probe
 from support.rabbitnode import ThrowawayNode, rabbitmq_installed
-
-
-@dataclass
-class RabbitBroker:
-    """The broker for this test run: its URL and an inspector for what it holds."""
-
-    url: str
-    inspector: Inspector
-    throwaway: ThrowawayNode | None = None
 
 
 @pytest.fixture(scope="session")

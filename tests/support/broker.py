@@ -136,3 +136,12 @@ def _args(arguments: Any) -> dict[str, Any]:
         return dict(arguments)
     # older rabbitmqctl prints [[key, value], ...]
     return {k: v for k, v in arguments or []}
+
+
+@dataclass
+class RabbitBroker:
+    """The broker for this test run: its URL and an inspector for what it holds."""
+
+    url: str
+    inspector: Inspector
+    throwaway: Any = None  # the ThrowawayNode started for the run, if any

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 
@@ -45,10 +46,8 @@ class TcpProxy:
             pass
         finally:
             for sock in (source, sink):
-                try:
+                with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
     def cut(self) -> int:
         """Drop every open connection (new ones are accepted); return how many were cut."""
@@ -56,10 +55,8 @@ class TcpProxy:
             pairs, self._pairs = self._pairs, []
         for client, upstream in pairs:
             for sock in (client, upstream):
-                try:
+                with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
                 sock.close()
         self.cuts += 1
         return len(pairs)
