@@ -1,7 +1,8 @@
-"""Chaos policy: simulated nacks, delays and handler failures (pure and seedable).
+"""Chaos policy: simulated nacks, delays, handler failures and connection drops (pure, seedable).
 
 Chaos exists to prove the delivery guarantees: a run with chaos on must end with every message
-handled or dead-lettered. Routing keys or queues listed as protected never see chaos.
+handled or dead-lettered. Routing keys or queues listed as protected never see chaos, retries of
+their messages included. ``ConnectionDrops`` says when a soak cuts the consumer's connection.
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ import os
 import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from eventyard.errors import ChaosConfigurationError
+from eventyard.retry import FAILURE_ROUTING_KEY
 
 ENV_NACK = "EVENT_CHAOS_PERCENTAGE_SIMULATE_NACK"
 ENV_DELAY = "EVENT_CHAOS_DELAY_BEFORE_EVENT_HANDLER_SECONDS"
@@ -109,16 +112,60 @@ class EventChaos:
         return bool(self.percentage_simulate_nack or self.delay_before_even_handler_second
                     or self.percentage_simulate_failures)
 
-    def is_protected(self, routing_key: str, queue: str) -> bool:
-        """True when chaos must leave this delivery alone."""
-        return routing_key in self.protected_routing_keys or queue in self.protected_routing_keys
+    def is_protected(self, routing_key: str, queue: str,
+                     headers: Mapping[str, Any] | None = None) -> bool:
+        """True when chaos must leave this delivery alone.
 
-    def decide(self, routing_key: str, queue: str) -> ChaosAction:
+        A retried message arrives with routing key ``retry.Q``; its ``failure_routing_key``
+        header still names the key it was published with, so protection follows it.
+        """
+        protected = self.protected_routing_keys
+        if routing_key in protected or queue in protected:
+            return True
+        original = headers.get(FAILURE_ROUTING_KEY) if headers else None
+        if isinstance(original, bytes):
+            original = original.decode(errors="replace")
+        return isinstance(original, str) and original in protected
+
+    def decide(self, routing_key: str, queue: str,
+               headers: Mapping[str, Any] | None = None) -> ChaosAction:
         """The chaos to apply to one delivery."""
-        if not self.is_active() or self.is_protected(routing_key, queue):
+        if not self.is_active() or self.is_protected(routing_key, queue, headers):
             return NO_CHAOS
         if self.percentage_simulate_nack and self._random.random() < self.percentage_simulate_nack:
             return ChaosAction(nack=True)
         fail = bool(self.percentage_simulate_failures) and (
             self._random.random() < self.percentage_simulate_failures)
         return ChaosAction(delay_seconds=self.delay_before_even_handler_second, fail=fail)
+
+
+class ConnectionDrops:
+    """When a soak drops the consumer's connection: ``count`` times over ``total`` deliveries.
+
+    The drops are spread evenly with a seeded jitter, never at the very start or end, so every
+    drop lands while messages are in flight. Pure: the soak asks ``due(seen)`` and does the I/O.
+    """
+
+    def __init__(self, count: int, total: int, *, seed: int | None = None) -> None:
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ChaosConfigurationError(f"connection drops must be an integer >= 0, not {count!r}")
+        if total < 0:
+            raise ChaosConfigurationError(f"total deliveries must be >= 0, not {total}")
+        rng = random.Random(seed)
+        step = total / (count + 1)
+        self.points = sorted(
+            max(1, int(step * (i + 1) + rng.uniform(-step / 4, step / 4))) for i in range(count)
+        ) if total else []
+        self._next = 0
+
+    @property
+    def remaining(self) -> int:
+        """Drops not yet due."""
+        return len(self.points) - self._next
+
+    def due(self, seen: int) -> bool:
+        """True (once per drop) when ``seen`` deliveries reach the next drop point."""
+        if self._next < len(self.points) and seen >= self.points[self._next]:
+            self._next += 1
+            return True
+        return False
