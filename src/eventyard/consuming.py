@@ -218,7 +218,8 @@ class _QueueWorker:
         count = redelivery_count(delivery.headers)
         try:
             chaos = self.consumer.chaos
-            action = chaos.decide(delivery.routing_key, self.queue) if chaos is not None else None
+            action = (chaos.decide(delivery.routing_key, self.queue, delivery.headers)
+                      if chaos is not None else None)
             if action is not None and action.nack:
                 await delivery.reject(requeue=True)
                 self.consumer._notify(ConsumerEvent("chaos_nack", self.queue, None, count,
