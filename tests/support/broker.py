@@ -134,8 +134,8 @@ class Inspector:
 def _args(arguments: Any) -> dict[str, Any]:
     if isinstance(arguments, dict):
         return dict(arguments)
-    # older rabbitmqctl prints [[key, value], ...]
-    return {k: v for k, v in arguments or []}
+    # rabbitmqctl prints [[key, amqp_type, value], ...]
+    return {item[0]: item[-1] for item in arguments or []}
 
 
 @dataclass
