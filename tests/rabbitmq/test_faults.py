@@ -1,0 +1,169 @@
+"""Nothing is lost on a crashed consumer, a broker restart or a cut connection (DESIGN §5)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+
+from eventyard import DomainEvent, MessageSubscriber, Uuid
+from eventyard.consuming import ConsumerSettings
+from eventyard.rabbitmq import (
+    RabbitMqConnector,
+    RabbitMqDomainEventBus,
+    RabbitMqMessageConfigurer,
+    RabbitMqMessageConsumer,
+)
+from eventyard.topology import TopologyOptions
+from rabbitmq.conftest import RabbitApp
+from support.broker import Inspector
+from support.rabbitnode import ThrowawayNode
+from support.tcpproxy import TcpProxy
+from support.waiting import wait_until
+
+pytestmark = pytest.mark.rabbitmq
+
+
+class OrderPlaced(DomainEvent):
+    order_id: Uuid
+
+
+class Seen:
+    """Ids handled, thread-safe."""
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+        self.lock = threading.Lock()
+
+    def handler(self) -> object:
+        def count_order(event: OrderPlaced) -> None:
+            with self.lock:
+                self.ids.append(event.order_id)
+        return count_order
+
+
+CRASHING_CONSUMER = textwrap.dedent("""
+    import pathlib, sys, threading
+    from eventyard import DomainEvent, MessageSubscriber, Uuid
+    from eventyard.consuming import ConsumerSettings
+    from eventyard.rabbitmq import RabbitMqConnector, RabbitMqMessageConsumer
+
+    url, org, marker = sys.argv[1:4]
+
+    class OrderPlaced(DomainEvent):
+        order_id: Uuid
+
+    def count_order(event):
+        pathlib.Path(marker).write_text(event.order_id)
+        threading.Event().wait()  # busy in the handler when the process is killed
+
+    consumer = RabbitMqMessageConsumer(RabbitMqConnector(url), org, "shop", 3,
+                                       settings=ConsumerSettings(store_queue=f"store.{org}"))
+    consumer.add_subscribers([MessageSubscriber.from_message(OrderPlaced, [count_order])])
+    consumer.run()
+""")
+
+
+def test_a_consumer_killed_mid_handler_loses_nothing(app: RabbitApp, tmp_path: Path) -> None:
+    seen = Seen()
+    subscribers = [MessageSubscriber.from_message(OrderPlaced, [seen.handler()])]
+    RabbitMqMessageConfigurer(app.connector, app.org, "shop",
+                              options=app.options).configure_subscribers(subscribers)
+    marker = tmp_path / "handling"
+    process = subprocess.Popen([sys.executable, "-c", CRASHING_CONSUMER, app.broker.url, app.org,
+                                str(marker)])
+    try:
+        event = OrderPlaced(order_id=Uuid.v4())
+        RabbitMqDomainEventBus(app.connector, app.org, "shop").publish(event)
+        wait_until(marker.exists, timeout=30, what="the handler to start in the other process")
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+    consumer = RabbitMqMessageConsumer(app.connector, app.org, "shop", 3,
+                                       settings=ConsumerSettings(store_queue=app.store_queue))
+    consumer.add_subscribers(subscribers)
+    consumer.start()
+    try:
+        wait_until(lambda: seen.ids == [event.order_id], what="the message to be delivered again")
+    finally:
+        consumer.stop()
+    assert marker.read_text() == event.order_id
+
+
+def _publish_and_count(connector: RabbitMqConnector, org: str, n: int, disrupt: object,
+                       inspector: Inspector) -> tuple[Seen, list[str]]:
+    """Configure, start a consumer, publish n events in batches while ``disrupt()`` runs."""
+    seen = Seen()
+    subscribers = [MessageSubscriber.from_message(OrderPlaced, [seen.handler()])]
+    options = TopologyOptions(retry_ttl_ms=100, store=False)
+    RabbitMqMessageConfigurer(connector, org, "shop", options=options).configure_subscribers(subscribers)
+    consumer = RabbitMqMessageConsumer(connector, org, "shop", 3, prefetch=20)
+    consumer.add_subscribers(subscribers)
+    consumer.start()
+    bus = RabbitMqDomainEventBus(connector, org, "shop")
+    published: list[str] = []
+    try:
+        for batch in range(10):
+            events = [OrderPlaced(order_id=Uuid.v4()) for _ in range(n // 10)]
+            _publish_until_confirmed(bus, events)
+            published += [e.order_id for e in events]
+            if batch in (3, 6):
+                disrupt()  # type: ignore[operator]
+        wait_until(lambda: set(seen.ids) >= set(published), timeout=60,
+                   what="every confirmed message to be handled")
+    finally:
+        consumer.stop()
+    return seen, published
+
+
+def _publish_until_confirmed(bus: RabbitMqDomainEventBus, events: list[OrderPlaced]) -> None:
+    """Publish; if the connection was down, publish the batch again (duplicates are allowed)."""
+    from eventyard import BrokerConnectionError
+
+    for _ in range(10):
+        try:
+            bus.publish(events)
+            return
+        except BrokerConnectionError:
+            continue
+    raise AssertionError("could not publish after 10 tries")
+
+
+@pytest.mark.fault
+def test_a_broker_restart_loses_no_confirmed_message_and_consumers_resume(
+    throwaway_node: ThrowawayNode,
+) -> None:
+    connector = RabbitMqConnector(throwaway_node.url)
+    inspector = Inspector(throwaway_node.url, ctl_env=throwaway_node.env(),
+                          nodename=throwaway_node.nodename)
+    try:
+        seen, published = _publish_and_count(connector, "faults", 400, throwaway_node.restart,
+                                             inspector)
+    finally:
+        connector.close()
+    assert len(published) == 400
+    assert set(published) <= set(seen.ids)  # lost: 0 (duplicates are allowed: at-least-once)
+
+
+def test_a_cut_connection_loses_no_confirmed_message_and_consumers_resume(app: RabbitApp) -> None:
+    proxy = TcpProxy("127.0.0.1", int(app.broker.url.rsplit(":", 1)[1].split("/")[0]))
+    connector = RabbitMqConnector(proxy.url())
+    try:
+        seen, published = _publish_and_count(connector, app.org, 600, proxy.cut,
+                                             app.broker.inspector)
+        cuts = proxy.cuts
+    finally:
+        connector.close()
+        proxy.close()
+    assert cuts == 2
+    assert len(published) == 600
+    assert set(published) <= set(seen.ids)
