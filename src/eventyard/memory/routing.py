@@ -16,7 +16,11 @@ _EXCHANGE_TYPES = ("topic", "direct", "fanout")
 @functools.lru_cache(maxsize=4096)
 def topic_matches(pattern: str, routing_key: str) -> bool:
     """AMQP topic matching on dot-separated words: ``*`` is one word, ``#`` zero or more."""
-    return _match(tuple(pattern.split(".")), tuple(routing_key.split(".")))
+    return _match(_words(pattern), _words(routing_key))
+
+
+def _words(key: str) -> tuple[str, ...]:
+    return tuple(key.split(".")) if key else ()  # as in RabbitMQ, "" has no words
 
 
 def _match(pattern: tuple[str, ...], words: tuple[str, ...]) -> bool:

@@ -226,9 +226,8 @@ class BrokerState:
     def _requeue(self, queue: Queue, items: list[tuple[Stored, bool]]) -> None:
         keep: list[Stored] = []
         for stored, seen in items:
-            if seen:
-                stored.redelivered = True
-                stored.delivery_count += 1
+            if seen:  # a new copy: the old delivery keeps showing what it was given
+                stored = replace(stored, redelivered=True, delivery_count=stored.delivery_count + 1)
             limit = queue.delivery_limit
             if limit is not None and stored.delivery_count > limit:
                 self._dead_letter(queue, stored, "delivery_limit")

@@ -226,6 +226,10 @@ class MemoryTransport:
         """
         self.drop_now()
 
+    async def drop_connection(self) -> None:
+        """``drop()``, named as on ``RabbitMqTransport``."""
+        self.drop_now()
+
     def drop_now(self) -> None:
         """``drop()`` for callers on any thread."""
         for consumption in list(self.consumptions):
