@@ -1,0 +1,149 @@
+"""``eventyard``: the operator CLI (typer + rich).
+
+Sub-commands live in their own modules as ``typer.Typer`` apps added here with
+``app.add_typer``. Optional command groups (``eventyard chaos`` from ``eventyard/cli/chaos.py``,
+which must define ``app = typer.Typer(...)``) are added when their module exists.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import Annotated
+
+import typer
+
+from eventyard import naming
+from eventyard.cli import dlq, topology
+from eventyard.cli.common import (
+    RUNTIME_ERROR,
+    MaxRetries,
+    NoStore,
+    Organization,
+    RetryTtl,
+    Service,
+    StoreQueue,
+    Url,
+    err,
+    fail,
+    load_subscribers,
+    out,
+    plural,
+    settings,
+    topology_options,
+)
+from eventyard.consuming import ConsumerSettings
+from eventyard.errors import BrokerError, ConfigurationError, TopologyMismatchError
+from eventyard.topology import DEFAULT_MAX_RETRIES, DEFAULT_RETRY_TTL_MS
+
+logger = logging.getLogger(__name__)
+
+app = typer.Typer(name="eventyard", help="Operate eventyard services on RabbitMQ.", no_args_is_help=True,
+                  context_settings={"help_option_names": ["-h", "--help"]})
+app.add_typer(dlq.app, name="dlq")
+app.add_typer(topology.app, name="topology")
+
+OPTIONAL_GROUPS = {"chaos": "eventyard.cli.chaos"}
+
+AppArgument = Annotated[str, typer.Argument(help="module:attribute: a list of MessageSubscriber "
+                                                 "or a callable returning one.")]
+QueueType = Annotated[str, typer.Option("--queue-type", help="classic or quorum.")]
+
+
+def _add_optional_groups() -> None:
+    for name, module_name in OPTIONAL_GROUPS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name != module_name:
+                raise
+            continue
+        app.add_typer(module.app, name=name)
+
+
+_add_optional_groups()
+
+
+@app.callback()
+def _root(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what eventyard does.")]
+          = False) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def configure(app_spec: AppArgument, organization: Organization, service: Service,
+              retry_ttl: RetryTtl = DEFAULT_RETRY_TTL_MS, max_retries: MaxRetries = DEFAULT_MAX_RETRIES,
+              queue_type: QueueType = "classic", store_queue: StoreQueue = naming.STORE_QUEUE,
+              no_store: NoStore = False, url: Url = None) -> None:
+    """Declare the application's exchanges, queues and bindings (idempotent)."""
+    from eventyard.rabbitmq import RabbitMqConnector, RabbitMqMessageConfigurer
+
+    subscribers = load_subscribers(app_spec)
+    options = topology_options(retry_ttl, max_retries, store_queue, no_store, queue_type)
+    connector = RabbitMqConnector(settings=settings(url))
+    try:
+        configurer = RabbitMqMessageConfigurer(connector, organization, service, options=options)
+        declared = configurer.topology(subscribers)
+        configurer.configure_subscribers(subscribers)
+    except TopologyMismatchError as error:
+        fail(str(error), RUNTIME_ERROR)
+    except ConfigurationError as error:
+        fail(str(error))
+    except BrokerError as error:
+        fail(str(error), RUNTIME_ERROR)
+    finally:
+        connector.close()
+    out.print(f"declared {plural(len(declared.exchanges), 'exchange')}, "
+              f"{plural(len(declared.queues), 'queue')} and {plural(len(declared.bindings), 'binding')} "
+              f"for {organization}.{service} on {connector.settings.describe()}")
+
+
+@app.command()
+def consume(app_spec: AppArgument, organization: Organization, service: Service,
+            max_retries: MaxRetries = DEFAULT_MAX_RETRIES, retry_ttl: RetryTtl = DEFAULT_RETRY_TTL_MS,
+            queue_type: QueueType = "classic", store_queue: StoreQueue = naming.STORE_QUEUE,
+            no_store: NoStore = False,
+            no_configure: Annotated[bool, typer.Option(
+                "--no-configure", help="Do not declare the topology before consuming.")] = False,
+            prefetch: Annotated[int | None, typer.Option(min=1, help="Unacked messages per queue.")]
+            = None,
+            concurrency: Annotated[int | None, typer.Option(min=1, help="Handlers at once per queue.")]
+            = None,
+            url: Url = None) -> None:
+    """Consume the application's queues until SIGINT or SIGTERM, then stop gracefully."""
+    from eventyard.rabbitmq import RabbitMqConnector, RabbitMqMessageConfigurer, RabbitMqMessageConsumer
+
+    subscribers = load_subscribers(app_spec)
+    options = topology_options(retry_ttl, max_retries, store_queue, no_store, queue_type)
+    connector = RabbitMqConnector(settings=settings(url))
+    try:
+        if not no_configure:
+            RabbitMqMessageConfigurer(connector, organization, service,
+                                      options=options).configure_subscribers(subscribers)
+        consumer = RabbitMqMessageConsumer(
+            connector, organization, service, max_retries,
+            settings=ConsumerSettings(prefetch=prefetch or connector.settings.prefetch_count,
+                                      concurrency=concurrency or 1, store_queue=store_queue))
+        consumer.add_subscribers(subscribers)
+        err.print(f"consuming {organization}.{service} on {connector.settings.describe()} "
+                  "(Ctrl-C or SIGTERM to stop)")
+        consumer.run()
+    except TopologyMismatchError as error:
+        fail(str(error), RUNTIME_ERROR)
+    except ConfigurationError as error:
+        fail(str(error))
+    except BrokerError as error:
+        fail(str(error), RUNTIME_ERROR)
+    finally:
+        connector.close()
+    err.print("stopped")
+
+
+def main() -> None:
+    """Entry point of the ``eventyard`` command."""
+    app()
+
+
+if __name__ == "__main__":
+    main()
