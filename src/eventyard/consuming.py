@@ -155,6 +155,10 @@ class AsyncMessageConsumer:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
+        transport, self._transport = self._transport, None
+        if transport is not None:  # the consumer's own connection: unacked messages go back
+            with contextlib.suppress(Exception):
+                await transport.close()
         self._stopped.set()
 
     async def run_until_signal(self) -> None:
