@@ -1,0 +1,81 @@
+"""The chaos soak's view of RabbitMQ: queue depths and message ids, read without consuming."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import aiormq
+from aiormq.abc import AbstractConnection
+
+from eventyard.errors import BrokerConnectionError
+from eventyard.ports import Transport
+from eventyard.rabbitmq.settings import ConnectionSettings
+from eventyard.rabbitmq.transport import RabbitMqTransport
+
+
+class RabbitMqSoakProbe:
+    """A ``SoakProbe`` on a connection of its own (see ``eventyard.soak``)."""
+
+    def __init__(self, settings: ConnectionSettings) -> None:
+        self.settings = settings
+        self._connection: AbstractConnection | None = None
+
+    async def connect(self) -> None:
+        """Open the probe's connection (first host that answers)."""
+        problems = []
+        for host in self.settings.hosts:
+            try:
+                self._connection = await asyncio.wait_for(
+                    aiormq.connect(self.settings.url(host, name="eventyard-soak-probe")),
+                    self.settings.connect_timeout)
+                return
+            except Exception as error:
+                problems.append(f"{host}: {type(error).__name__}")
+        raise BrokerConnectionError(
+            f"soak probe cannot connect to {self.settings.describe()} ({'; '.join(problems)})")
+
+    async def _connected(self) -> AbstractConnection:
+        if self._connection is None or self._connection.is_closed:
+            await self.connect()
+        assert self._connection is not None
+        return self._connection
+
+    async def ready_count(self, queue: str) -> int:
+        """Ready messages in ``queue`` (a passive declare; delayed retries included)."""
+        channel = await (await self._connected()).channel()
+        try:
+            ok = await channel.queue_declare(queue, passive=True)
+            return int(ok.message_count or 0)
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+
+    async def message_ids(self, queue: str) -> list[str]:
+        """Ids of the ready messages in ``queue``: taken unacked, then handed back."""
+        channel = await (await self._connected()).channel()
+        ids: list[str] = []
+        try:
+            while True:
+                message = await channel.basic_get(queue, no_ack=False)
+                if message.delivery_tag is None or not hasattr(message.delivery, "routing_key"):
+                    return ids  # Basic.GetEmpty
+                message_id = message.header.properties.message_id
+                if message_id is not None:
+                    ids.append(str(message_id))
+        finally:
+            if not channel.is_closed:
+                await channel.close()  # the unacked messages go back to the queue
+
+    async def drop(self, transport: Transport) -> None:
+        """Cut a RabbitMQ transport's connection; it reconnects and resumes by itself."""
+        if not isinstance(transport, RabbitMqTransport):
+            raise TypeError(f"cannot drop the connection of {transport!r}")
+        await transport.drop_connection()
+
+    async def close(self) -> None:
+        """Close the probe's connection."""
+        if self._connection is not None:
+            with contextlib.suppress(Exception):
+                await self._connection.close()
+            self._connection = None
