@@ -1,0 +1,60 @@
+"""The seed's example scripts run as the seed shows, against the test broker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from support.broker import RabbitBroker
+from support.waiting import wait_until
+
+pytestmark = pytest.mark.rabbitmq
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "rabbitmq"
+
+
+def example_env(rabbit: RabbitBroker, org: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(RABBITMQ_URL=rabbit.url, EXAMPLE_ORGANIZATION=org,
+               EXAMPLE_STORE_QUEUE=f"store.{org}", EXAMPLE_RETRY_TTL_MS="200")
+    return env
+
+
+def run(script: str, env: dict[str, str]) -> str:
+    result = subprocess.run([sys.executable, str(EXAMPLES / script)], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_configure_publish_dispatch_then_consume(rabbit: RabbitBroker, org: str) -> None:
+    env = example_env(rabbit, org)
+    try:
+        assert "configured" in run("configure.py", env)
+        assert run("publish_domain_events.py", env).count("published") == 3
+        assert run("dispatch_commands.py", env).count("dispatched") == 3
+
+        consumer = subprocess.Popen([sys.executable, str(EXAMPLES / "consume.py")], env=env,
+                                    stdout=subprocess.PIPE, text=True)
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(iter(consumer.stdout.readline, "")),  # type: ignore[union-attr]
+                                  daemon=True)
+        reader.start()
+        try:
+            wait_until(lambda: sum("event_store" in line for line in lines) == 9, timeout=30,
+                       what="the store to see 6 events and 3 commands")
+            wait_until(lambda: sum("send_" in line or "persist_user" in line for line in lines) == 9,
+                       timeout=30, what="mail, sms and persist handlers")
+        finally:
+            consumer.send_signal(signal.SIGTERM)
+            assert consumer.wait(30) == 0
+        reader.join(5)
+        assert lines[-1].strip() == "stopped"
+    finally:
+        rabbit.inspector.delete_matching(org)
