@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from eventyard import codec
 from eventyard.chaos import EventChaos, SimulatedChaosFailure
-from eventyard.errors import ConfigurationError, MessageDecodeError
+from eventyard.errors import BrokerConnectionError, ConfigurationError, MessageDecodeError
 from eventyard.messages import Message
 from eventyard.ports import Consumption, Delivery, OutgoingMessage, Transport, TransportSource
 from eventyard.retry import Decision, RetryPolicy, failure_headers, redelivery_count
@@ -242,10 +242,14 @@ class _QueueWorker:
             else:
                 outcome = await self._run_handlers(message)
             await self._settle(delivery, message, outcome, count)
+        except BrokerConnectionError as error:
+            # The connection dropped before the retry copy was confirmed: the original was
+            # never acked, so the broker delivers it again once we have reconnected.
+            logger.warning("lost the connection settling a delivery from %s (%s); it will be "
+                           "delivered again", self.queue, error)
         except Exception:
-            # Our own step failed (the connection dropped while publishing the retry copy, or
-            # the retry queue is gone): hand the message back, after a pause so a broken
-            # topology does not spin, and let the broker deliver it again.
+            # Our own step failed (e.g. the retry queue is gone): hand the message back, after
+            # a pause so a broken topology does not spin, and let the broker deliver it again.
             logger.exception("could not settle a delivery from %s; requeueing it", self.queue)
             await asyncio.sleep(_REQUEUE_PAUSE_SECONDS)
             with contextlib.suppress(Exception):

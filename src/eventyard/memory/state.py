@@ -17,7 +17,6 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from eventyard.errors import (
-    BrokerConnectionError,
     BrokerError,
     ConfigurationError,
     TopologyMismatchError,
@@ -240,9 +239,11 @@ class BrokerState:
         with self.lock:
             consumption = delivery.consumption
             if delivery.state == "returned":
-                raise BrokerConnectionError(
-                    f"the connection of this delivery from {delivery.queue!r} was lost; the "
-                    "message went back to its queue and will be delivered again")
+                # As on RabbitMQ: the connection it came on is gone, the message is back in its
+                # queue and will be delivered again; settling it now is a no-op.
+                logger.debug("delivery %s from %s came on a lost connection; it will be redelivered",
+                             delivery.tag, delivery.queue)
+                return
             if delivery.state == "settled" or delivery.tag not in consumption.unacked:
                 raise BrokerError(f"delivery {delivery.tag} from {delivery.queue!r} was already "
                                   "acked or rejected")

@@ -221,8 +221,8 @@ class MemoryTransport:
     async def drop(self) -> None:
         """Simulate a dropped connection that reconnects at once (chaos).
 
-        Unacked deliveries go back to their queues (acking one now raises
-        ``BrokerConnectionError``); consumptions then resume, as the RabbitMQ adapter's do.
+        Unacked deliveries go back to their queues (acking one now does nothing, as on RabbitMQ);
+        consumptions then resume, as the RabbitMQ adapter's do.
         """
         self.drop_now()
 
