@@ -48,8 +48,8 @@ class BrokerUnderTest(Protocol):
     def messages_in(self, queue: str) -> list[Peeked]:
         """The messages ready in ``queue``, head first, left in place."""
 
-    def settle(self, timeout: float) -> None:
-        """Wait until nothing is in flight or pending (retries included) for this test."""
+    def settle(self, timeout: float, organization: str) -> None:
+        """Wait until nothing is in flight or pending (retries included) for ``organization``."""
 
     def close(self) -> None:
         """Release the backend (after the yard has stopped consumers and deleted topology)."""
@@ -71,17 +71,25 @@ class MemoryUnderTest:
     def messages_in(self, queue: str) -> list[Peeked]:
         return list(self.broker.messages(queue))
 
-    def settle(self, timeout: float) -> None:
+    def settle(self, timeout: float, organization: str) -> None:
         self.broker.wait_until_idle(timeout)
 
     def close(self) -> None:
         self.broker.close()
 
 
+def _rabbitmq(request: pytest.FixtureRequest) -> BrokerUnderTest:
+    from contract.rabbit import RabbitUnderTest
+
+    return RabbitUnderTest(request.getfixturevalue("rabbit"))
+
+
 BROKERS: dict[str, Callable[[pytest.FixtureRequest], BrokerUnderTest]] = {
     "memory": lambda request: MemoryUnderTest(),
+    "rabbitmq": _rabbitmq,
 }
-BROKER_PARAMS = [pytest.param("memory", id="memory")]
+BROKER_PARAMS = [pytest.param("memory", id="memory"),
+                 pytest.param("rabbitmq", id="rabbitmq", marks=pytest.mark.rabbitmq)]
 
 
 class Yard:
@@ -160,7 +168,7 @@ class Yard:
 
     def settle(self, timeout: float = 10.0) -> None:
         """Wait until nothing more will happen (no delivery in flight, no retry pending)."""
-        self.broker.settle(timeout)
+        self.broker.settle(timeout, self.organization)
 
     def queue_counts(self, *queues: str) -> dict[str, int]:
         """Ready messages in ``queues``."""
