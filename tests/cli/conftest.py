@@ -109,11 +109,11 @@ class Service:
             consumer.stop()
         return done
 
-    def dead_letter(self, count: int) -> list[str]:
+    def dead_letter(self, count: int, max_retries: int = 1) -> list[str]:
         """Configure, publish ``count`` events and let a failing consumer dead-letter them all."""
         self.configure()
         ids = self.publish(count)
-        self.consume(fail=True, until=count)
+        self.consume(fail=True, until=count, max_retries=max_retries)
         wait_until(lambda: self.count(self.dead_letter_queue) == count, f"{count} dead letters")
         return ids
 
