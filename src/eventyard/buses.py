@@ -8,6 +8,7 @@ engine on that loop; the RabbitMQ and memory classes are these with their own ba
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from typing import Protocol
@@ -125,10 +126,8 @@ class MessageConsumer:
         self.connector = connector
         settings = settings or ConsumerSettings()
         if prefetch is not None or concurrency is not None:
-            settings = ConsumerSettings(
-                prefetch=prefetch or settings.prefetch,
-                concurrency=concurrency or settings.concurrency,
-                shutdown_timeout=settings.shutdown_timeout, store_queue=settings.store_queue)
+            settings = dataclasses.replace(settings, prefetch=prefetch or settings.prefetch,
+                                           concurrency=concurrency or settings.concurrency)
         self.engine = AsyncMessageConsumer(connector.consumer_transport, organization, service,
                                            max_retries, settings=settings, chaos=chaos,
                                            observers=observers)

@@ -19,7 +19,12 @@ from typing import Any, Literal
 
 from eventyard import codec
 from eventyard.chaos import EventChaos, SimulatedChaosFailure
-from eventyard.errors import BrokerConnectionError, ConfigurationError, MessageDecodeError
+from eventyard.errors import (
+    BrokerConnectionError,
+    ConfigurationError,
+    MessageDecodeError,
+    QueueNotFoundError,
+)
 from eventyard.messages import Message
 from eventyard.ports import Consumption, Delivery, OutgoingMessage, Transport, TransportSource
 from eventyard.retry import Decision, RetryPolicy, failure_headers, redelivery_count
@@ -33,7 +38,7 @@ from eventyard.subscribers import (
     outcome_of_exception,
     subscriptions_of,
 )
-from eventyard.topology import route_of, subscription_queue
+from eventyard.topology import TopologyOptions, build_topology, route_of, subscription_queue
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +70,7 @@ class ConsumerSettings:
     concurrency: int = 1
     shutdown_timeout: float = 30.0
     store_queue: str = "store"
+    declare_missing: bool = True
 
     def __post_init__(self) -> None:
         if self.prefetch < 1:
@@ -133,13 +139,31 @@ class AsyncMessageConsumer:
                 queue = subscription_queue(self.organization, self.service, subscription,
                                            self.settings.store_queue)
                 worker = _QueueWorker(self, subscription, queue)
-                self._consumptions.append(await self._transport.consume(
-                    queue, worker.on_delivery, prefetch=self.settings.prefetch))
+                self._consumptions.append(await self._consume(subscription, queue, worker))
         except BaseException:
             await self.stop()
             raise
         logger.info("consuming %d queue(s) of %s.%s", len(self._consumptions),
                     self.organization, self.service)
+
+    async def _consume(self, subscription: Subscription, queue: str,
+                       worker: _QueueWorker) -> Consumption:
+        transport = self._transport
+        assert transport is not None
+        try:
+            return await transport.consume(queue, worker.on_delivery, prefetch=self.settings.prefetch)
+        except QueueNotFoundError:
+            if not self.settings.declare_missing:
+                raise
+        # Nobody configured this subscriber yet: declare its queues with the default options,
+        # as the seed's consumer snippet expects. A configurer chooses other options up front.
+        options = TopologyOptions(store_queue=self.settings.store_queue,
+                                  max_retries=self.policy.max_retries, store=subscription.is_store)
+        await transport.declare(build_topology(self.organization, self.service, [subscription],
+                                               options))
+        logger.warning("declared the missing queues of %s (retry delay %d ms); configure "
+                       "subscribers explicitly to choose other options", queue, options.retry_ttl_ms)
+        return await transport.consume(queue, worker.on_delivery, prefetch=self.settings.prefetch)
 
     async def stop(self, timeout: float | None = None) -> None:
         """Take no new messages, let running handlers finish (bounded), then release."""

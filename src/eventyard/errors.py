@@ -3,6 +3,7 @@
     EventyardError
     ├── ConfigurationError        wrong set-up, found before any message moves
     │   ├── SubscriberError       a subscriber or handler that cannot be used
+    │   ├── QueueNotFoundError    consuming a queue nobody declared
     │   └── TopologyMismatchError the broker holds a queue or exchange with other arguments
     ├── MessageDecodeError        a body that is not a valid eventyard / petisco message
     ├── BrokerError               the broker could not be reached or refused something
@@ -27,6 +28,10 @@ class ConfigurationError(EventyardError):
 
 class SubscriberError(ConfigurationError):
     """A subscriber or handler cannot be used as given."""
+
+
+class QueueNotFoundError(ConfigurationError):
+    """A consumer asked for a queue the broker does not have."""
 
 
 class TopologyMismatchError(ConfigurationError):

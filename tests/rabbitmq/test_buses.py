@@ -83,11 +83,25 @@ def test_publishing_before_configuring_says_what_to_do(app: RabbitApp) -> None:
         RabbitMqDomainEventBus(app.connector, app.org, app.service).publish(UserCreated(user_id=Uuid.v4()))
 
 
-def test_consuming_before_configuring_says_what_to_do(app: RabbitApp) -> None:
-    consumer = RabbitMqMessageConsumer(app.connector, app.org, app.service)
+def test_consuming_before_configuring_says_what_to_do_when_told_not_to_declare(app: RabbitApp) -> None:
+    consumer = RabbitMqMessageConsumer(app.connector, app.org, app.service,
+                                       settings=ConsumerSettings(declare_missing=False))
     consumer.add_subscribers([MessageSubscriber.from_message(UserCreated, [lambda_free_handler])])
     with pytest.raises(ConfigurationError, match="does not exist"):
         consumer.start()
+
+
+def test_a_consumer_declares_the_missing_queues_of_its_subscribers(app: RabbitApp) -> None:
+    consumer = RabbitMqMessageConsumer(app.connector, app.org, app.service,
+                                       settings=ConsumerSettings(store_queue=app.store_queue))
+    consumer.add_subscribers([MessageSubscriber.from_message(UserCreated, [lambda_free_handler])])
+    consumer.start()
+    consumer.stop()
+
+    queue = f"{app.org}.{app.service}.1.event.user_created.lambda_free_handler"
+    queues = app.broker.inspector.queues(app.org)
+    assert set(queues) == {queue, f"retry.{queue}", f"dead_letter.{queue}"}
+    assert queues[f"retry.{queue}"]["x-message-ttl"] == 5000
 
 
 def lambda_free_handler(event: UserCreated) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from contract.samples import PersistUser, UserCreated
 from eventyard import DomainEvent, MessageDecodeError, Uuid
-from eventyard.codec import OCCURRED_ON_FORMAT, decode, encode
+from eventyard.codec import OCCURRED_ON_FORMAT, MessageRegistry, decode, encode
 
 USER = "1f0c1a4e-5b7d-4c8e-9a3b-2d6e8f0a1b2c"
 
@@ -39,8 +39,10 @@ def test_encode_produces_the_petisco_envelope() -> None:
 
 
 def test_round_trip_keeps_type_identity_and_meta() -> None:
+    registry = MessageRegistry()  # other test modules define their own UserCreated
+    registry.register(UserCreated)
     event = UserCreated(user_id=Uuid.v4()).with_meta({"k": "v"})
-    decoded = decode(encode(event))
+    decoded = decode(encode(event), registry=registry)
     assert type(decoded) is UserCreated
     assert decoded == event
     assert decoded.get_message_id() == event.get_message_id()

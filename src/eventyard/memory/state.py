@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from eventyard.errors import (
     BrokerError,
     ConfigurationError,
+    QueueNotFoundError,
     TopologyMismatchError,
 )
 from eventyard.memory.clock import Clock
@@ -192,7 +193,7 @@ class BrokerState:
         with self.lock:
             queue = self.queues.get(consumption.queue)
             if queue is None:
-                raise ConfigurationError(
+                raise QueueNotFoundError(
                     f"queue {consumption.queue!r} not found; run the configurer "
                     "(configure_subscribers) before consuming")
             queue.consumers.append(consumption)

@@ -24,6 +24,7 @@ from eventyard.errors import (
     BrokerConnectionError,
     ConfigurationError,
     PublishNackedError,
+    QueueNotFoundError,
     TopologyMismatchError,
 )
 from eventyard.ports import DeliveryCallback, OutgoingMessage
@@ -315,7 +316,7 @@ class _Consumption:
         try:
             ok = await channel.basic_consume(self.queue, self._on_message)
         except amqp_errors.ChannelNotFoundEntity:
-            raise ConfigurationError(
+            raise QueueNotFoundError(
                 f"queue {self.queue!r} does not exist on the broker: configure the subscribers "
                 "(RabbitMqMessageConfigurer.configure_subscribers) before consuming") from None
         self.channel, self.consumer_tag = channel, str(ok.consumer_tag)
