@@ -121,6 +121,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         report = asyncio.run(_requeue(settings, args, queues))
     except LookupError as error:
         parser.error(str(error.args[0]))
+    except KeyboardInterrupt:  # the message in hand was finished; the rest stays dead-lettered
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        sys.exit(130)
     except EventyardError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         sys.exit(1)
