@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,12 +21,7 @@ from typing import Any, Literal
 
 from eventyard import codec
 from eventyard.chaos import EventChaos, SimulatedChaosFailure
-from eventyard.errors import (
-    BrokerConnectionError,
-    ConfigurationError,
-    MessageDecodeError,
-    QueueNotFoundError,
-)
+from eventyard.errors import BrokerConnectionError, ConfigurationError, MessageDecodeError, QueueNotFoundError
 from eventyard.messages import Message
 from eventyard.ports import Consumption, Delivery, OutgoingMessage, Transport, TransportSource
 from eventyard.retry import Decision, RetryPolicy, failure_headers, redelivery_count
@@ -43,6 +40,10 @@ from eventyard.topology import TopologyOptions, build_topology, route_of, subscr
 logger = logging.getLogger(__name__)
 
 _REQUEUE_PAUSE_SECONDS = 1.0
+# Sync handlers of an ordered queue run in batches on the thread pool (one hand-off per batch,
+# not per message); a batch returns after this long so its acks are never held back for long.
+_BATCH_SECONDS = 0.02
+_BATCH_LIMIT = 512
 
 EventKind = Literal["handled", "failed", "retried", "dead_lettered", "poison", "chaos_nack"]
 
@@ -106,6 +107,7 @@ class AsyncMessageConsumer:
         self._executor: ThreadPoolExecutor | None = None
         self._transport: Transport | None = None
         self._stopped = asyncio.Event()
+        self._stopping = False
 
     def add_subscribers(self, subscribers: Sequence[MessageSubscriber]) -> None:
         """Add subscribers; checked now (a command with two handlers raises here)."""
@@ -129,6 +131,7 @@ class AsyncMessageConsumer:
         if not subscriptions:
             raise ConfigurationError("no subscribers: call add_subscribers() before start()")
         self._stopped = asyncio.Event()
+        self._stopping = False
         self._transport = await self._transports()
         if any(not is_async_handler(h) for s in subscriptions for h in s.handlers):
             workers = self.settings.concurrency * len(subscriptions)
@@ -167,6 +170,7 @@ class AsyncMessageConsumer:
 
     async def stop(self, timeout: float | None = None) -> None:
         """Take no new messages, let running handlers finish (bounded), then release."""
+        self._stopping = True
         consumptions, self._consumptions = self._consumptions, []
         for consumption in consumptions:
             with contextlib.suppress(Exception):
@@ -229,11 +233,21 @@ class _QueueWorker:
         self.handlers = [(h, is_async_handler(h)) for h in subscription.handlers]
         self.slots = asyncio.Semaphore(consumer.settings.concurrency)
         self.ordered = consumer.settings.concurrency == 1
+        self.batched = (self.ordered and consumer.chaos is None
+                        and not any(is_async for _, is_async in self.handlers))
+        self.backlog: deque[Delivery] = deque()
+        self.drainer: asyncio.Task[None] | None = None
 
     async def on_delivery(self, delivery: Delivery) -> None:
+        if self.batched:
+            self.backlog.append(delivery)
+            if self.drainer is None or self.drainer.done():
+                self.drainer = asyncio.get_running_loop().create_task(self._drain())
+                self.consumer._track(self.drainer)
+            return
         if self.ordered:
             task = asyncio.current_task()
-            if task is not None:
+            if task is not None and task not in self.consumer._running:
                 self.consumer._track(task)
             await self.process(delivery)
             return
@@ -266,18 +280,79 @@ class _QueueWorker:
             else:
                 outcome = await self._run_handlers(message)
             await self._settle(delivery, message, outcome, count)
-        except BrokerConnectionError as error:
+        except Exception as error:
+            await self._recover(delivery, error)
+
+    async def _recover(self, delivery: Delivery, error: Exception) -> None:
+        if isinstance(error, BrokerConnectionError):
             # The connection dropped before the retry copy was confirmed: the original was
             # never acked, so the broker delivers it again once we have reconnected.
             logger.warning("lost the connection settling a delivery from %s (%s); it will be "
                            "delivered again", self.queue, error)
-        except Exception:
-            # Our own step failed (e.g. the retry queue is gone): hand the message back, after
-            # a pause so a broken topology does not spin, and let the broker deliver it again.
-            logger.exception("could not settle a delivery from %s; requeueing it", self.queue)
-            await asyncio.sleep(_REQUEUE_PAUSE_SECONDS)
-            with contextlib.suppress(Exception):
-                await delivery.reject(requeue=True)
+            return
+        # Our own step failed (e.g. the retry queue is gone): hand the message back, after
+        # a pause so a broken topology does not spin, and let the broker deliver it again.
+        logger.error("could not settle a delivery from %s; requeueing it", self.queue,
+                     exc_info=error)
+        await asyncio.sleep(_REQUEUE_PAUSE_SECONDS)
+        with contextlib.suppress(Exception):
+            await delivery.reject(requeue=True)
+
+    async def _drain(self) -> None:
+        """Process the backlog of an ordered queue whose handlers are all sync, in batches."""
+        backlog = self.backlog
+        while backlog:
+            if self.consumer._stopping:  # not started: back to the queue
+                while backlog:
+                    with contextlib.suppress(Exception):
+                        await backlog.popleft().reject(requeue=True)
+                return
+            batch = [backlog.popleft() for _ in range(min(len(backlog), _BATCH_LIMIT))]
+            await self._process_batch(batch)
+
+    async def _process_batch(self, batch: list[Delivery]) -> None:
+        decoded: list[tuple[Delivery, Message, int]] = []
+        for delivery in batch:
+            count = redelivery_count(delivery.headers)
+            try:
+                message = codec.decode(delivery.body, expected=self.subscription.message_class,
+                                       allow_unknown=self.subscription.is_store)
+            except MessageDecodeError as error:
+                try:
+                    await self._poison(delivery, error, count)
+                except Exception as failure:
+                    await self._recover(delivery, failure)
+                continue
+            decoded.append((delivery, message, count))
+        loop = asyncio.get_running_loop()
+        done = 0
+        while done < len(decoded):
+            outcomes = await loop.run_in_executor(
+                self.consumer._executor, self._handle_in_thread, [m for _, m, _ in decoded[done:]])
+            for (delivery, message, count), outcome in zip(decoded[done:], outcomes, strict=False):
+                try:
+                    await self._settle(delivery, message, outcome, count)
+                except Exception as error:
+                    await self._recover(delivery, error)
+            done += len(outcomes)
+
+    def _handle_in_thread(self, messages: list[Message]) -> list[Outcome]:
+        """Run the sync handlers for ``messages`` in order, for at most about ``_BATCH_SECONDS``."""
+        deadline = time.monotonic() + _BATCH_SECONDS
+        outcomes = []
+        for message in messages:
+            outcome = SUCCESS
+            for handler, _ in self.handlers:
+                try:
+                    outcome = outcome_of(handler(message))
+                except Exception as error:
+                    outcome = outcome_of_exception(error)
+                if not outcome.success:
+                    break
+            outcomes.append(outcome)
+            if time.monotonic() >= deadline:
+                break
+        return outcomes
 
     async def _run_handlers(self, message: Message) -> Outcome:
         for handler, is_async in self.handlers:
@@ -301,8 +376,9 @@ class _QueueWorker:
         notify = self.consumer._notify
         if decision is Decision.ACK:
             await delivery.ack()
-            notify(ConsumerEvent("handled", self.queue, message, count,
-                                 message_id=message.get_message_id()))
+            if self.consumer._observers:
+                notify(ConsumerEvent("handled", self.queue, message, count,
+                                     message_id=message.get_message_id()))
             return
         notify(ConsumerEvent("failed", self.queue, message, count, outcome,
                              message.get_message_id()))
