@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pydantic_core
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from eventyard.errors import MessageDecodeError
 from eventyard.messages import Command, DomainEvent, Message, MessageKind
@@ -53,7 +53,7 @@ def envelope(message: Message) -> dict[str, Any]:
             "type": message.get_message_name(),
             "type_message": _WIRE_KIND[message.get_message_kind()],
             "version": message.get_message_version(),
-            "occurred_on": message.get_occurred_on().strftime(OCCURRED_ON_FORMAT),
+            "occurred_on": _format_occurred_on(message.get_occurred_on()),
             "attributes": message.get_attributes(),
             "meta": message.get_meta(),
         }
@@ -64,12 +64,37 @@ def encode(message: Message) -> bytes:
     """``message`` as UTF-8 JSON bytes."""
     if not isinstance(message, Message):
         raise TypeError(f"expected a DomainEvent or Command, got {type(message).__name__}")
-    return pydantic_core.to_json(envelope(message))
+    if message._foreign is not None:
+        return pydantic_core.to_json(envelope(message))
+    # One pass: pydantic_core serialises the model itself (JSON mode) inside the envelope,
+    # without an intermediate dict of its fields or a copy of its meta.
+    cls = type(message)
+    return pydantic_core.to_json({"data": {
+        "id": message._message_id,
+        "type": cls.message_name,
+        "type_message": _WIRE_KIND[cls.message_kind],
+        "version": cls.message_version,
+        "occurred_on": _format_occurred_on(message._occurred_on),
+        "attributes": message,
+        "meta": message._meta,
+    }})
+
+
+def _format_occurred_on(value: datetime) -> str:
+    # isoformat(" ", "microseconds") is OCCURRED_ON_FORMAT for naive datetimes, 5x faster.
+    return value.isoformat(" ", "microseconds") if value.tzinfo is None else (
+        value.strftime(OCCURRED_ON_FORMAT))
 
 
 def _parse_occurred_on(value: Any) -> datetime:
     if not isinstance(value, str):
         raise MessageDecodeError(f"'occurred_on' must be a string, got {value!r}")
+    if len(value) == 26 and value[10] == " " and value[19] == ".":
+        # The usual "%Y-%m-%d %H:%M:%S.%f": fromisoformat reads it as strptime would, 20x faster.
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            pass
     for fmt in (OCCURRED_ON_FORMAT, "%Y-%m-%d %H:%M:%S"):
         try:
             return datetime.strptime(value, fmt)
@@ -138,7 +163,10 @@ def decode(
             message = (Command if kind == "command" else DomainEvent)()
             message._foreign = (name, version, attributes)
         else:
-            message = cls.model_validate(attributes)
+            # Not cls.model_validate: Message defines __init__, so pydantic would call it and
+            # validate a second time. The base __init__ validates once, into the new instance.
+            message = cls.__new__(cls)
+            BaseModel.__init__(message, **attributes)
     except ValidationError as error:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in error.errors()
