@@ -33,7 +33,7 @@ def assert_nothing_lost(report: SoakReport, events: int) -> None:
     assert report.lost == 0
     for sub in report.subscribers:
         assert sub.lost == sub.pending == sub.unexpected == 0, sub
-        # handled ∪ dead-lettered == published, counted by message id
+        # handled | dead-lettered == published, counted by message id
         assert sub.handled + sub.dead_lettered - sub.handled_and_dead_lettered == sub.published, sub
         assert sub.observed_dead_lettered <= sub.dead_lettered, sub
         if not sub.protected:

@@ -137,3 +137,21 @@ def test_connection_drops_none_or_invalid() -> None:
     assert ConnectionDrops(2, 0).points == []
     with pytest.raises(ChaosConfigurationError, match="drops"):
         ConnectionDrops(-1, 100)
+
+
+def test_soak_on_the_memory_broker_loses_nothing() -> None:
+    from eventyard.memory import MemoryBroker
+    from eventyard.soak import run_soak
+
+    with MemoryBroker() as broker:
+        report = run_soak(broker, events=300, subscribers=3, nack=0.2, failure=0.25, drops=2,
+                          seed=2, max_retries=2, retry_ttl_ms=20, timeout=60)
+    assert report.ok and report.quiet and report.lost == 0
+    assert report.drops_done == 2
+    for sub in report.subscribers:
+        assert sub.handled + sub.dead_lettered - sub.handled_and_dead_lettered == sub.published
+        assert sub.lost == sub.pending == sub.unexpected == 0
+    (protected,) = [s for s in report.subscribers if s.protected]
+    assert protected.chaos_nacks == protected.chaos_failures == 0
+    assert sum(s.dead_lettered for s in report.subscribers) > 0
+    assert broker.queue_names() == []
