@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,6 +30,7 @@ from eventyard.errors import (
 )
 from eventyard.ports import DeliveryCallback, OutgoingMessage
 from eventyard.rabbitmq.delivery import RabbitMqDelivery, Settlements
+from eventyard.rabbitmq.pipelining import can_pipeline, publish_pipelined
 from eventyard.rabbitmq.settings import ConnectionSettings
 from eventyard.topology import Topology
 
@@ -210,8 +211,16 @@ class RabbitMqTransport:
     async def publish(self, messages: Sequence[OutgoingMessage]) -> list[int]:
         """Publish all of ``messages`` with confirms, many in flight; return unroutable indexes."""
         channel = await self._publish_channel()
-        if len(messages) == 1:
-            results: list[Any] = [await self._publish_one(channel, messages[0])]
+        if can_pipeline(channel):
+            results = await publish_pipelined(channel, messages, self.publish_window)
+            for message, result in zip(messages, results, strict=True):
+                if isinstance(result, BaseException):
+                    with _publish_errors(message):
+                        if isinstance(result, asyncio.CancelledError):  # its channel went away
+                            raise ConnectionError("publish channel closed") from result
+                        raise result
+        elif len(messages) == 1:
+            results = [await self._publish_one(channel, messages[0])]
         else:
             window = asyncio.Semaphore(self.publish_window)
 
@@ -239,22 +248,10 @@ class RabbitMqTransport:
                        if message.timestamp is not None else None),
             headers=message.headers or None,
         )
-        try:
+        with _publish_errors(message):
             return await channel.basic_publish(message.body, exchange=message.exchange,
                                                routing_key=message.routing_key,
                                                properties=properties, mandatory=True)
-        except amqp_errors.DeliveryError as error:
-            raise PublishNackedError(
-                f"RabbitMQ refused message {message.message_id} to {message.exchange!r} "
-                f"({message.routing_key}); it was not stored") from error
-        except amqp_errors.ChannelNotFoundEntity as error:
-            raise ConfigurationError(
-                f"cannot publish to {message.exchange!r}: {_reply_text(error)}; declare the "
-                "topology first (RabbitMqMessageConfigurer.configure_subscribers)") from None
-        except _CONNECTION_ERRORS as error:
-            raise BrokerConnectionError(
-                f"connection to RabbitMQ lost before message {message.message_id} was "
-                f"confirmed ({type(error).__name__}); it may or may not be stored") from error
 
     # -- consuming ----------------------------------------------------------------------------
 
@@ -292,6 +289,25 @@ class RabbitMqTransport:
     def is_connected(self) -> bool:
         """True while a connection is open."""
         return self._ready.is_set()
+
+
+@contextlib.contextmanager
+def _publish_errors(message: OutgoingMessage) -> Iterator[None]:
+    """Turn the client's publish errors into eventyard's."""
+    try:
+        yield
+    except amqp_errors.DeliveryError as error:
+        raise PublishNackedError(
+            f"RabbitMQ refused message {message.message_id} to {message.exchange!r} "
+            f"({message.routing_key}); it was not stored") from error
+    except amqp_errors.ChannelNotFoundEntity as error:
+        raise ConfigurationError(
+            f"cannot publish to {message.exchange!r}: {_reply_text(error)}; declare the "
+            "topology first (RabbitMqMessageConfigurer.configure_subscribers)") from None
+    except _CONNECTION_ERRORS as error:
+        raise BrokerConnectionError(
+            f"connection to RabbitMQ lost before message {message.message_id} was "
+            f"confirmed ({type(error).__name__}); it may or may not be stored") from error
 
 
 def _reply_text(error: BaseException) -> str:
