@@ -61,7 +61,25 @@ class LoopThread:
                 "a blocking eventyard call was made from inside an async handler; "
                 "use the async API there (await the Async* bus) instead"
             )
-        return self.submit(coro).result(timeout)
+        loop = self.loop
+        # Cheaper than run_coroutine_threadsafe (a concurrent Future, a Condition and chained
+        # callbacks): one call into the loop, one lock released when the task is done.
+        finished = threading.Lock()
+        finished.acquire()
+        tasks: list[asyncio.Task[T]] = []
+
+        def on_done(task: asyncio.Task[T]) -> None:
+            finished.release()
+
+        def start() -> None:
+            task = loop.create_task(coro)
+            tasks.append(task)
+            task.add_done_callback(on_done)
+
+        loop.call_soon_threadsafe(start)
+        if not finished.acquire(timeout=-1 if timeout is None else timeout):
+            raise TimeoutError(f"the eventyard call did not finish within {timeout}s")
+        return tasks[0].result()
 
     def stop(self) -> None:
         """Stop the loop and wait for its thread."""

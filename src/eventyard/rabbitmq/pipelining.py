@@ -22,6 +22,7 @@ from aiormq.abc import ChannelFrame
 from pamqp import commands as spec
 from pamqp.header import ContentHeader
 
+from eventyard.errors import BrokerConnectionError
 from eventyard.ports import OutgoingMessage
 
 _closing: set[asyncio.Future[Any]] = set()
@@ -88,7 +89,7 @@ async def _write_chunk(channel: Any, messages: Sequence[OutgoingMessage],
             channel.write_queue.put_nowait(payload)
         except asyncio.QueueFull:
             try:
-                await channel.write_queue.put(payload)
+                await _put_unless_closed(channel, payload)
             except BaseException:
                 # Tags were taken for frames that will never be written: later confirmations
                 # would be matched to the wrong messages. The channel must not be used again.
@@ -97,6 +98,26 @@ async def _write_chunk(channel: Any, messages: Sequence[OutgoingMessage],
                 closing.add_done_callback(_closing.discard)
                 raise
     return futures
+
+
+async def _put_unless_closed(channel: Any, payload: ChannelFrame) -> None:
+    """Wait for room in the write queue, unless the channel closes first.
+
+    A dropped connection leaves its write queue full and nobody draining it: a bare ``put``
+    would wait forever (and hold the channel's lock), stalling every publisher and consumer.
+    """
+    put = asyncio.ensure_future(channel.write_queue.put(payload))
+    closing = channel.closing
+    try:
+        await asyncio.wait((put, closing), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for future in (put, closing):
+            if not future.done():
+                future.cancel()
+    if put.cancelled():
+        raise BrokerConnectionError("connection to RabbitMQ lost while publishing; the messages "
+                                    "were not sent")
+    put.result()
 
 
 async def publish_pipelined(channel: Any, messages: Sequence[OutgoingMessage],
@@ -117,4 +138,11 @@ async def publish_pipelined(channel: Any, messages: Sequence[OutgoingMessage],
                 await asyncio.wait((futures[oldest],))
             oldest += 1
         futures += await _write_chunk(channel, part, publish_frames)
+    if len(futures) == 1:  # a single publish: no gathering future on the way back
+        confirmation = futures[0]
+        if not confirmation.done():
+            await asyncio.wait((confirmation,))  # unlike a bare await, never cancels it
+        if confirmation.cancelled():
+            return [asyncio.CancelledError()]
+        return [confirmation.exception() or confirmation.result()]
     return list(await asyncio.gather(*futures, return_exceptions=True))
