@@ -8,7 +8,7 @@ from datetime import datetime
 import pytest
 
 from contract.samples import PersistUser, UserCreated
-from eventyard import DomainEvent, MessageDecodeError, Uuid
+from eventyard import Command, DomainEvent, Message, MessageDecodeError, Uuid
 from eventyard.codec import OCCURRED_ON_FORMAT, MessageRegistry, decode, encode
 
 USER = "1f0c1a4e-5b7d-4c8e-9a3b-2d6e8f0a1b2c"
@@ -38,9 +38,16 @@ def test_encode_produces_the_petisco_envelope() -> None:
     assert json.loads(encode(PersistUser(user_id=Uuid(USER))))["data"]["type_message"] == "command"
 
 
+def known(*classes: type[Message]) -> MessageRegistry:
+    """A registry of just ``classes``: other test modules define their own UserCreated."""
+    registry = MessageRegistry()
+    for cls in classes:
+        registry.register(cls)
+    return registry
+
+
 def test_round_trip_keeps_type_identity_and_meta() -> None:
-    registry = MessageRegistry()  # other test modules define their own UserCreated
-    registry.register(UserCreated)
+    registry = known(UserCreated)
     event = UserCreated(user_id=Uuid.v4()).with_meta({"k": "v"})
     decoded = decode(encode(event), registry=registry)
     assert type(decoded) is UserCreated
@@ -63,6 +70,15 @@ def test_lenient_without_meta_type_message_or_version() -> None:
     decoded = decode(petisco_body(meta=..., type_message=..., version=...), expected=UserCreated)
     assert isinstance(decoded, UserCreated)
     assert decoded.get_meta() == {}
+
+
+def test_a_subscriber_to_every_message_keeps_what_the_known_class_cannot_validate() -> None:
+    registry = known(UserCreated)
+    for body in (petisco_body(attributes={"user_id": "not-a-uuid"}), petisco_body(type_message="command")):
+        decoded = decode(body, registry=registry, allow_unknown=True)
+        assert type(decoded) in (DomainEvent, Command)
+        assert decoded.get_message_name() == "user.created"
+        assert decoded.get_message_id() == "6f1c9a8e-0d2b-4e5f-8a7c-3b4d5e6f7a8b"
 
 
 def test_unknown_type_becomes_a_generic_message_when_allowed() -> None:
@@ -89,7 +105,7 @@ def test_unknown_type_becomes_a_generic_message_when_allowed() -> None:
 ])
 def test_decode_errors_say_what_is_wrong(body: bytes, expected_error: str) -> None:
     with pytest.raises(MessageDecodeError, match=expected_error.replace("(", r"\(").replace(".", r"\.")):
-        decode(body)
+        decode(body, registry=known(UserCreated, PersistUser))
 
 
 def test_expected_class_must_match_name_and_version() -> None:
