@@ -232,6 +232,7 @@ async def _aiormq_retry(plan: Plan, count: int, prefetch: int = 256) -> dict[str
     await channel.basic_consume(plan.queue, on_message)
     await done
     elapsed = time.perf_counter() - started
+    await asyncio.gather(*pending)  # an original may still wait for its ack
     await connection.close()
     return {"count": count, "seconds": elapsed}
 

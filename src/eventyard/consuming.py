@@ -383,9 +383,27 @@ class _QueueWorker:
         notify(ConsumerEvent("failed", self.queue, message, count, outcome,
                              message.get_message_id()))
         retry = decision is Decision.RETRY
+        if self.ordered:
+            # The copy leaves this queue's order anyway: publish it (and ack the original once
+            # it is confirmed) while the next deliveries run, not before them.
+            task = asyncio.get_running_loop().create_task(
+                self._forward_guarded(delivery, message, outcome, count, retry))
+            self.consumer._track(task)
+            return
+        await self._forward_and_notify(delivery, message, outcome, count, retry)
+
+    async def _forward_and_notify(self, delivery: Delivery, message: Message, outcome: Outcome,
+                                  count: int, retry: bool) -> None:
         await self._forward(delivery, outcome, count + 1 if retry else count, retry)
-        notify(ConsumerEvent("retried" if retry else "dead_lettered", self.queue, message, count,
-                             outcome, message.get_message_id()))
+        self.consumer._notify(ConsumerEvent("retried" if retry else "dead_lettered", self.queue,
+                                            message, count, outcome, message.get_message_id()))
+
+    async def _forward_guarded(self, delivery: Delivery, message: Message, outcome: Outcome,
+                               count: int, retry: bool) -> None:
+        try:
+            await self._forward_and_notify(delivery, message, outcome, count, retry)
+        except Exception as error:
+            await self._recover(delivery, error)
 
     async def _poison(self, delivery: Delivery, error: MessageDecodeError, count: int) -> None:
         logger.error("dead-lettering an undecodable message from %s: %s", self.queue, error)
