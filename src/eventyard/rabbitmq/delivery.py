@@ -106,7 +106,9 @@ class Settlements:
         try:
             channel.write_queue.put_nowait(payload)
         except asyncio.QueueFull:
-            task = self._loop.create_task(channel.write_queue.put(payload))
+            # A task of the channel's own: aiormq ends it when the channel or its connection
+            # closes, so a write queue that a dropped connection left full strands no task.
+            task = channel.create_task(channel.write_queue.put(payload))
             task.add_done_callback(_ignore_result)
 
 
