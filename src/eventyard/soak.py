@@ -59,6 +59,9 @@ class SoakProbe(Protocol):
     async def message_ids(self, queue: str) -> list[str]:
         """The ``message_id`` of every message in ``queue``, left in place."""
 
+    async def consumer_count(self, queue: str) -> int:
+        """Consumers the broker still counts on ``queue``."""
+
     async def drop(self, transport: Transport) -> None:
         """Cut ``transport``'s connection as a network failure would; it reconnects by itself."""
 
@@ -273,6 +276,7 @@ async def run_soak_async(
         for transport in consumer_transports:
             with contextlib.suppress(Exception):
                 await transport.close()
+        await _wait_until_released(probe, queues)
 
     try:
         reports = []
@@ -360,6 +364,17 @@ async def _wait_until_quiet(probe: SoakProbe, queues: dict[str, bool], tallies: 
     return False
 
 
+async def _wait_until_released(probe: SoakProbe, queues: dict[str, bool], timeout: float = 10.0) -> None:
+    """Wait until the broker has let go of our consumers: their unacked messages are back."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        counts = [await probe.consumer_count(queue) for queue in queues]
+        if not any(counts):
+            return
+        await asyncio.sleep(_POLL_SECONDS / 4)  # polling interval of a deadline-bounded wait
+    logger.warning("the broker still counts consumers on the soak's queues after %.0f s", timeout)
+
+
 def _all_settled(tallies: dict[str, _Tally]) -> bool:
     return all(t.settled_by_observers() for t in tallies.values())
 
@@ -389,6 +404,10 @@ class MemorySoakProbe:
     async def message_ids(self, queue: str) -> list[str]:
         """Ids of the messages in ``queue``."""
         return [m.message_id for m in self.broker.messages(queue) if m.message_id]
+
+    async def consumer_count(self, queue: str) -> int:
+        """Always 0: a closed in-memory connection lets go of its consumers at once."""
+        return 0
 
     async def drop(self, transport: Transport) -> None:
         """Drop the in-memory connection (it resumes at once)."""

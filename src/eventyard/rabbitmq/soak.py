@@ -43,10 +43,17 @@ class RabbitMqSoakProbe:
 
     async def ready_count(self, queue: str) -> int:
         """Ready messages in ``queue`` (a passive declare; delayed retries included)."""
+        return (await self._declare_passive(queue))[0]
+
+    async def consumer_count(self, queue: str) -> int:
+        """Consumers RabbitMQ counts on ``queue``."""
+        return (await self._declare_passive(queue))[1]
+
+    async def _declare_passive(self, queue: str) -> tuple[int, int]:
         channel = await (await self._connected()).channel()
         try:
             ok = await channel.queue_declare(queue, passive=True)
-            return int(ok.message_count or 0)
+            return int(ok.message_count or 0), int(ok.consumer_count or 0)
         finally:
             if not channel.is_closed:
                 await channel.close()
