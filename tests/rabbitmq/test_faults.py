@@ -167,3 +167,30 @@ def test_a_cut_connection_loses_no_confirmed_message_and_consumers_resume(app: R
     assert cuts == 2
     assert len(published) == 600
     assert set(published) <= set(seen.ids)
+
+
+def test_a_channel_closed_by_the_broker_is_consumed_again(app: RabbitApp) -> None:
+    seen = Seen()
+    subscribers = [MessageSubscriber.from_message(OrderPlaced, [seen.handler()])]
+    RabbitMqMessageConfigurer(app.connector, app.org, "shop",
+                              options=app.options).configure_subscribers(subscribers)
+    consumer = RabbitMqMessageConsumer(app.connector, app.org, "shop", 3,
+                                       settings=ConsumerSettings(store_queue=app.store_queue))
+    consumer.add_subscribers(subscribers)
+    consumer.start()
+    bus = RabbitMqDomainEventBus(app.connector, app.org, "shop")
+    try:
+        first = OrderPlaced(order_id=Uuid.v4())
+        bus.publish(first)
+        wait_until(lambda: seen.ids == [first.order_id], what="the first message")
+        [consumption] = consumer.engine._transport._consumptions  # type: ignore[union-attr]
+        channel = consumption.channel
+        # An ack of a tag the broker never gave makes RabbitMQ close that channel alone.
+        app.connector.loop_thread.run(channel.basic_ack(987654))
+        wait_until(lambda: consumption.channel is not channel, what="a new channel")
+        second = OrderPlaced(order_id=Uuid.v4())
+        bus.publish(second)
+        wait_until(lambda: second.order_id in seen.ids, what=f"the second message (seen {seen.ids})")
+    finally:
+        consumer.stop()
+    assert channel.is_closed

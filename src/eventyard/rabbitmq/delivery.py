@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,7 +27,8 @@ FLUSH_SECONDS = 0.002
 class Settlements:
     """The unsettled delivery tags of one consuming channel; sends their acks in batches."""
 
-    __slots__ = ("_channel", "_flush_at", "_loop", "_scheduled", "_settled", "in_hand")
+    __slots__ = ("_channel", "_flush_at", "_loop", "_overflow", "_overflow_task", "_scheduled",
+                 "_settled", "in_hand")
 
     def __init__(self, channel: Any, batch: int) -> None:
         self._channel = channel
@@ -35,6 +37,10 @@ class Settlements:
         self.in_hand: set[int] = set()
         self._settled: list[int] = []
         self._scheduled = False
+        # Payloads waiting for room in a full write queue, written in order by one task: a
+        # later ack must never overtake an earlier reject of a tag it covers.
+        self._overflow: deque[ChannelFrame] = deque()
+        self._overflow_task: asyncio.Task[None] | None = None
 
     @property
     def is_closed(self) -> bool:
@@ -76,6 +82,8 @@ class Settlements:
         channel = self._channel
         if channel is None or channel.is_closed:
             return
+        if self._overflow_task is not None and not self._overflow_task.done():
+            await asyncio.wait({self._overflow_task})  # earlier frames go out first
         written: asyncio.Future[None] = self._loop.create_future()
         await channel.write_queue.put(ChannelFrame.marshall(
             channel_number=channel.number, frames=self._take_acks(), drain_future=written))
@@ -103,13 +111,28 @@ class Settlements:
                          len(frames))
             return
         payload = ChannelFrame.marshall(channel_number=channel.number, frames=frames)
-        try:
-            channel.write_queue.put_nowait(payload)
-        except asyncio.QueueFull:
+        if not self._overflow:
+            try:
+                channel.write_queue.put_nowait(payload)
+                return
+            except asyncio.QueueFull:
+                pass
+        self._overflow.append(payload)
+        if len(self._overflow) == 1:
             # A task of the channel's own: aiormq ends it when the channel or its connection
             # closes, so a write queue that a dropped connection left full strands no task.
-            task = channel.create_task(channel.write_queue.put(payload))
+            task = channel.create_task(self._write_overflow(channel))
             task.add_done_callback(_ignore_result)
+            self._overflow_task = task
+
+    async def _write_overflow(self, channel: Any) -> None:
+        overflow = self._overflow
+        try:
+            while overflow:
+                await channel.write_queue.put(overflow[0])
+                overflow.popleft()
+        finally:
+            overflow.clear()  # the channel is gone: its deliveries come back anyway
 
 
 def _ignore_result(task: asyncio.Task[Any]) -> None:

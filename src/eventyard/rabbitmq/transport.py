@@ -337,6 +337,7 @@ class _Consumption:
         self._buffer: deque[RabbitMqDelivery | None] = deque()
         self._wakeup: asyncio.Future[None] | None = None
         self._pump: asyncio.Task[None] | None = None
+        self._reattaching: asyncio.Task[None] | None = None
 
     async def attach(self, connection: AbstractConnection) -> None:
         """Open a channel and start consuming on ``connection``."""
@@ -354,8 +355,36 @@ class _Consumption:
                 f"queue {self.queue!r} does not exist on the broker: configure the subscribers "
                 "(RabbitMqMessageConfigurer.configure_subscribers) before consuming") from None
         self.channel, self.settlements, self.consumer_tag = channel, settlements, str(ok.consumer_tag)
+        channel.closing.add_done_callback(lambda closing: self._on_channel_closed(channel, closing))
         if self._pump is None or self._pump.done():
             self._pump = asyncio.get_running_loop().create_task(self._run_pump())
+
+    def _on_channel_closed(self, channel: AbstractChannel, closing: asyncio.Future[Any]) -> None:
+        if not closing.cancelled():
+            closing.exception()  # retrieved: the reason is logged by the reattach below
+        if self.cancelled or self.transport._closed or channel is not self.channel:
+            return
+        if self._reattaching is None or self._reattaching.done():
+            self._reattaching = asyncio.get_running_loop().create_task(self._reattach(channel))
+
+    async def _reattach(self, dead: AbstractChannel) -> None:
+        """The broker closed this consumption's channel alone (the connection lives on): consume
+        again on a new channel. A lost connection is the transport's reconnect loop's job."""
+        delay = 0.1
+        while not (self.cancelled or self.transport._closed) and self.channel is dead:
+            await asyncio.sleep(delay)  # backoff, and lets a lost connection be noticed first
+            delay = min(delay * 2, _MAX_BACKOFF_SECONDS)
+            try:
+                connection = await self.transport._ready_connection()
+                if self.channel is not dead or self.cancelled:
+                    return  # the reconnect loop resumed this consumption already
+                await self.attach(connection)
+            except Exception as error:
+                logger.warning("cannot consume %s again yet (%s); next try in %.1fs",
+                               self.queue, error, delay)
+            else:
+                logger.warning("RabbitMQ closed the channel consuming %s; consuming again",
+                               self.queue)
 
     async def _on_message(self, message: DeliveredMessage, settlements: Settlements) -> None:
         # Only used when the channel's frame reader could not be hooked (another aiormq).
@@ -408,6 +437,8 @@ class _Consumption:
         """Let the pump end after the delivery it is running; send the acks settled so far."""
         if self.settlements is not None:
             self.settlements.flush()
+        if self._reattaching is not None:
+            self._reattaching.cancel()
         self._buffer.append(None)
         self._wake()
 
