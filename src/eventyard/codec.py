@@ -64,19 +64,24 @@ def encode(message: Message) -> bytes:
     """``message`` as UTF-8 JSON bytes."""
     if not isinstance(message, Message):
         raise TypeError(f"expected a DomainEvent or Command, got {type(message).__name__}")
-    if message._foreign is not None:
+    # Private attributes read from their dict at once: pydantic's attribute lookup for them
+    # costs more than the rest of encoding.
+    private = message.__pydantic_private__ or {}
+    if private.get("_foreign") is not None:
         return pydantic_core.to_json(envelope(message))
+    message_id, occurred_on = private.get("_message_id"), private.get("_occurred_on")
     # One pass: pydantic_core serialises the model itself (JSON mode) inside the envelope,
     # without an intermediate dict of its fields or a copy of its meta.
     cls = type(message)
     return pydantic_core.to_json({"data": {
-        "id": message._message_id,
+        "id": message_id if message_id is not None else message.get_message_id(),
         "type": cls.message_name,
         "type_message": _WIRE_KIND[cls.message_kind],
         "version": cls.message_version,
-        "occurred_on": _format_occurred_on(message._occurred_on),
+        "occurred_on": _format_occurred_on(
+            occurred_on if occurred_on is not None else message.get_occurred_on()),
         "attributes": message,
-        "meta": message._meta,
+        "meta": private.get("_meta") or {},
     }})
 
 
@@ -185,12 +190,14 @@ def decode(
 
 
 def _finish(message: Message, data: dict[str, Any], meta: dict[str, Any]) -> Message:
+    private = message.__pydantic_private__
+    assert private is not None
     message_id = data.get("id")
     if message_id is not None:
         if not isinstance(message_id, str):
             raise MessageDecodeError(f"'data.id' must be a string, got {message_id!r}")
-        message._message_id = message_id
+        private["_message_id"] = message_id
     if "occurred_on" in data:
-        message._occurred_on = _parse_occurred_on(data["occurred_on"])
-    message._meta = dict(meta)
+        private["_occurred_on"] = _parse_occurred_on(data["occurred_on"])
+    private["_meta"] = dict(meta)
     return message

@@ -7,6 +7,7 @@ A message's fields are its attributes on the wire. Its identity (id, name, versi
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal, Self
@@ -17,6 +18,7 @@ from pydantic_core import core_schema
 from eventyard import naming
 
 MessageKind = Literal["event", "command"]
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 class Uuid(str):
@@ -25,6 +27,8 @@ class Uuid(str):
     __slots__ = ()
 
     def __new__(cls, value: str | uuid.UUID) -> Self:
+        if type(value) is str and _CANONICAL_UUID.fullmatch(value):
+            return super().__new__(cls, value)  # already canonical: skip parsing it again
         try:
             canonical = str(value if isinstance(value, uuid.UUID) else uuid.UUID(str(value)))
         except (ValueError, AttributeError, TypeError):
@@ -85,8 +89,10 @@ class Message(BaseModel):
     message_name: ClassVar[str] = ""
     message_version: ClassVar[int] = 1
 
-    _message_id: str = PrivateAttr(default_factory=lambda: str(uuid.uuid4()))
-    _occurred_on: datetime = PrivateAttr(default_factory=utc_now)
+    # Set by __init__ (or by the codec from the wire): no default factory, so decoding a
+    # message does not pay for an id and a timestamp it overwrites at once.
+    _message_id: str | None = PrivateAttr(default=None)
+    _occurred_on: datetime | None = PrivateAttr(default=None)
     _meta: dict[str, Any] = PrivateAttr(default_factory=dict)
     # Set only on generic messages decoded from a type no class is known for.
     _foreign: tuple[str, int, dict[str, Any]] | None = PrivateAttr(default=None)
@@ -104,6 +110,8 @@ class Message(BaseModel):
                     raise TypeError(f"{type(self).__name__} got {name!r} twice")
                 data[name] = value
         super().__init__(**data)
+        self._message_id = str(uuid.uuid4())
+        self._occurred_on = utc_now()
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
@@ -119,6 +127,8 @@ class Message(BaseModel):
 
     def get_message_id(self) -> str:
         """The unique id of this message (a UUID v4 string)."""
+        if self._message_id is None:  # built without __init__ (model_construct)
+            self._message_id = str(uuid.uuid4())
         return self._message_id
 
     def get_message_name(self) -> str:
@@ -135,6 +145,8 @@ class Message(BaseModel):
 
     def get_occurred_on(self) -> datetime:
         """When the message was created (naive UTC)."""
+        if self._occurred_on is None:  # built without __init__ (model_construct)
+            self._occurred_on = utc_now()
         return self._occurred_on
 
     def get_meta(self) -> dict[str, Any]:
