@@ -30,6 +30,7 @@ from eventyard.errors import (
 )
 from eventyard.ports import DeliveryCallback, OutgoingMessage
 from eventyard.rabbitmq.delivery import RabbitMqDelivery, Settlements
+from eventyard.rabbitmq.framing import buffered_frames
 from eventyard.rabbitmq.pipelining import can_pipeline, publish_pipelined
 from eventyard.rabbitmq.settings import ConnectionSettings
 from eventyard.topology import Topology
@@ -77,9 +78,10 @@ class RabbitMqTransport:
         problems = []
         for host in self.settings.hosts:
             try:
-                return await asyncio.wait_for(
-                    aiormq.connect(self.settings.url(host, name=self.name)),
-                    self.settings.connect_timeout)
+                with buffered_frames():
+                    return await asyncio.wait_for(
+                        aiormq.connect(self.settings.url(host, name=self.name)),
+                        self.settings.connect_timeout)
             except amqp_errors.ProbableAuthenticationError as error:
                 problems.append(f"{host}:{self.settings.port}: login refused for user "
                                 f"{self.settings.user!r} ({_scrub(str(error), self.settings)})")
