@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from eventyard.cli.common import RUNTIME_ERROR, JsonFlag, MaxRetries, Url, fail, out, print_json, settings
-from eventyard.errors import BrokerError, ConfigurationError
+from eventyard.cli.common import (
+    RUNTIME_ERROR,
+    JsonFlag,
+    MaxRetries,
+    Url,
+    out,
+    print_json,
+    reported,
+    settings,
+)
 from eventyard.soak import SoakReport, run_soak
 
 app = typer.Typer(name="chaos", help="Chaos runs that prove the delivery guarantees.",
@@ -46,10 +56,29 @@ def soak(
 
     Exits 1 unless every published message was handled or dead-lettered and nothing is left.
     """
+    with _quiet_unless_verbose():
+        _soak(events, subscribers, nack, failure, delay, drops, seed, max_retries, retry_ttl,
+              timeout, keep, organization, memory, url, json)
+
+
+@contextlib.contextmanager
+def _quiet_unless_verbose() -> Iterator[None]:
+    """Hide the reconnect and requeue warnings chaos provokes (``--verbose`` shows them)."""
+    loggers = [logging.getLogger(name) for name in ("eventyard", "aiormq")]
+    levels = [logger.level for logger in loggers]
     if logging.getLogger().getEffectiveLevel() > logging.INFO:
-        # Reconnect and requeue warnings are what chaos provokes; --verbose shows them.
-        for name in ("eventyard", "aiormq"):
-            logging.getLogger(name).setLevel(logging.CRITICAL)
+        for logger in loggers:
+            logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def _soak(events: int, subscribers: int, nack: float, failure: float, delay: float, drops: int,
+          seed: int | None, max_retries: int, retry_ttl: int, timeout: float, keep: bool,
+          organization: str | None, memory: bool, url: str | None, json: bool) -> None:
     if memory:
         from eventyard.memory import MemoryBroker
 
@@ -59,15 +88,12 @@ def soak(
 
         backend = RabbitMqConnector(settings=settings(url))
     try:
-        report = run_soak(backend,  # type: ignore[arg-type]
-                          events=events, subscribers=subscribers, nack=nack, failure=failure,
-                          delay=delay, drops=drops, seed=seed, max_retries=max_retries,
-                          retry_ttl_ms=retry_ttl, timeout=timeout, keep=keep,
-                          organization=organization)
-    except (ConfigurationError, ValueError) as error:
-        fail(str(error))
-    except BrokerError as error:
-        fail(str(error), RUNTIME_ERROR)
+        with reported():
+            report = run_soak(backend,  # type: ignore[arg-type]
+                              events=events, subscribers=subscribers, nack=nack, failure=failure,
+                              delay=delay, drops=drops, seed=seed, max_retries=max_retries,
+                              retry_ttl_ms=retry_ttl, timeout=timeout, keep=keep,
+                              organization=organization)
     finally:
         backend.close()  # type: ignore[attr-defined]
     if json:

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import json
 import os
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Iterator, Sequence
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
 
-from eventyard.errors import BrokerError, ConfigurationError, EventyardError
+from eventyard.errors import ConfigurationError, EventyardError, TopologyMismatchError
 from eventyard.rabbitmq.settings import ConnectionSettings, settings_from
 from eventyard.subscribers import MessageSubscriber, subscriptions_of
 from eventyard.topology import Topology, TopologyOptions, build_topology
@@ -55,18 +56,29 @@ def settings(url: str | None) -> ConnectionSettings:
         fail(str(error))
 
 
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run ``coro``; turn eventyard errors into a message and an exit status."""
+@contextlib.contextmanager
+def reported() -> Iterator[None]:
+    """Turn eventyard errors raised inside into ``Error: ...`` and an exit status.
+
+    Bad input (a wrong option, name or application) exits 2; what the broker holds or does
+    (a topology mismatch, an unreachable broker) exits 1.
+    """
     try:
-        return asyncio.run(coro)
+        yield
     except LookupError as error:
         fail(str(error.args[0] if error.args else error))
-    except ValueError as error:
-        fail(str(error))
-    except ConfigurationError as error:
-        fail(str(error))
-    except (BrokerError, EventyardError) as error:
+    except TopologyMismatchError as error:
         fail(str(error), RUNTIME_ERROR)
+    except (ConfigurationError, ValueError) as error:
+        fail(str(error))
+    except EventyardError as error:
+        fail(str(error), RUNTIME_ERROR)
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro``; turn eventyard errors into a message and an exit status."""
+    with reported():
+        return asyncio.run(coro)
 
 
 def load_subscribers(spec: str) -> list[MessageSubscriber]:

@@ -16,7 +16,6 @@ import typer
 from eventyard import naming
 from eventyard.cli import dlq, topology
 from eventyard.cli.common import (
-    RUNTIME_ERROR,
     MaxRetries,
     NoStore,
     Organization,
@@ -25,15 +24,14 @@ from eventyard.cli.common import (
     StoreQueue,
     Url,
     err,
-    fail,
     load_subscribers,
     out,
     plural,
+    reported,
     settings,
     topology_options,
 )
 from eventyard.consuming import ConsumerSettings
-from eventyard.errors import BrokerError, ConfigurationError, TopologyMismatchError
 from eventyard.topology import DEFAULT_MAX_RETRIES, DEFAULT_RETRY_TTL_MS
 
 logger = logging.getLogger(__name__)
@@ -83,15 +81,10 @@ def configure(app_spec: AppArgument, organization: Organization, service: Servic
     options = topology_options(retry_ttl, max_retries, store_queue, no_store, queue_type)
     connector = RabbitMqConnector(settings=settings(url))
     try:
-        configurer = RabbitMqMessageConfigurer(connector, organization, service, options=options)
-        declared = configurer.topology(subscribers)
-        configurer.configure_subscribers(subscribers)
-    except TopologyMismatchError as error:
-        fail(str(error), RUNTIME_ERROR)
-    except ConfigurationError as error:
-        fail(str(error))
-    except BrokerError as error:
-        fail(str(error), RUNTIME_ERROR)
+        with reported():
+            configurer = RabbitMqMessageConfigurer(connector, organization, service, options=options)
+            declared = configurer.topology(subscribers)
+            configurer.configure_subscribers(subscribers)
     finally:
         connector.close()
     out.print(f"declared {plural(len(declared.exchanges), 'exchange')}, "
@@ -118,23 +111,18 @@ def consume(app_spec: AppArgument, organization: Organization, service: Service,
     options = topology_options(retry_ttl, max_retries, store_queue, no_store, queue_type)
     connector = RabbitMqConnector(settings=settings(url))
     try:
-        if not no_configure:
-            RabbitMqMessageConfigurer(connector, organization, service,
-                                      options=options).configure_subscribers(subscribers)
-        consumer = RabbitMqMessageConsumer(
-            connector, organization, service, max_retries,
-            settings=ConsumerSettings(prefetch=prefetch or connector.settings.prefetch_count,
-                                      concurrency=concurrency or 1, store_queue=store_queue))
-        consumer.add_subscribers(subscribers)
-        err.print(f"consuming {organization}.{service} on {connector.settings.describe()} "
-                  "(Ctrl-C or SIGTERM to stop)")
-        consumer.run()
-    except TopologyMismatchError as error:
-        fail(str(error), RUNTIME_ERROR)
-    except ConfigurationError as error:
-        fail(str(error))
-    except BrokerError as error:
-        fail(str(error), RUNTIME_ERROR)
+        with reported():
+            if not no_configure:
+                RabbitMqMessageConfigurer(connector, organization, service,
+                                          options=options).configure_subscribers(subscribers)
+            consumer = RabbitMqMessageConsumer(
+                connector, organization, service, max_retries,
+                settings=ConsumerSettings(prefetch=prefetch or connector.settings.prefetch_count,
+                                          concurrency=concurrency or 1, store_queue=store_queue))
+            consumer.add_subscribers(subscribers)
+            err.print(f"consuming {organization}.{service} on {connector.settings.describe()} "
+                      "(Ctrl-C or SIGTERM to stop)")
+            consumer.run()
     finally:
         connector.close()
     err.print("stopped")

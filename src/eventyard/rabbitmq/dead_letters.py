@@ -25,7 +25,7 @@ import contextlib
 import json
 import logging
 from collections import Counter
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -36,7 +36,7 @@ from aiormq.abc import AbstractChannel, AbstractConnection, DeliveredMessage
 from pamqp import commands as spec
 
 from eventyard import naming, retry
-from eventyard.rabbitmq.inspection import queue_state, reply_text
+from eventyard.rabbitmq.inspection import queue_state, reply_text, throwaway_channel
 from eventyard.topology import Route, Topology, route_of
 
 logger = logging.getLogger(__name__)
@@ -207,18 +207,6 @@ def route_for(org: str, svc: str, dead_letter_queue: str,
     return route_of(org, svc, queue, store_queue)
 
 
-@contextlib.asynccontextmanager
-async def _getter(connection: AbstractConnection) -> AsyncIterator[AbstractChannel]:
-    # Closing this channel hands every unacked message back to its queue.
-    channel = await connection.channel(publisher_confirms=False)
-    try:
-        yield channel
-    finally:
-        if not channel.is_closed:
-            with contextlib.suppress(Exception):
-                await channel.close()
-
-
 async def _fetch(channel: AbstractChannel, queue: str) -> DeliveredMessage | None:
     message = await channel.basic_get(queue, no_ack=False)
     return None if isinstance(message.delivery, spec.Basic.GetEmpty) else message
@@ -231,7 +219,8 @@ async def _held(connection: AbstractConnection, queue: str,
     if not state.exists:
         raise LookupError(f"queue {queue!r} does not exist")
     budget = state.messages if limit is None else min(limit, state.messages)
-    async with _getter(connection) as channel:
+    # Closing this channel at the end hands every unacked message back to its queue.
+    async with throwaway_channel(connection) as channel:
         for _ in range(budget):
             message = await _fetch(channel, queue)
             if message is None:

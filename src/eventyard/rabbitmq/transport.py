@@ -31,6 +31,7 @@ from eventyard.errors import (
 from eventyard.ports import DeliveryCallback, OutgoingMessage
 from eventyard.rabbitmq.delivery import RabbitMqDelivery, Settlements
 from eventyard.rabbitmq.framing import buffered_frames
+from eventyard.rabbitmq.inspection import reply_text
 from eventyard.rabbitmq.pipelining import can_pipeline, publish_pipelined
 from eventyard.rabbitmq.settings import ConnectionSettings
 from eventyard.topology import Topology
@@ -183,12 +184,12 @@ class RabbitMqTransport:
                                          routing_key=binding.routing_key)
         except amqp_errors.ChannelPreconditionFailed as error:
             raise TopologyMismatchError(
-                f"{what} already exists with other settings: {_reply_text(error)}. eventyard never "
+                f"{what} already exists with other settings: {reply_text(error)}. eventyard never "
                 "deletes it for you: declare it with the same options (retry TTL, queue type, "
                 "TTL), or move its messages away and delete it, then configure again."
             ) from None
         except amqp_errors.ChannelAccessRefused as error:
-            raise ConfigurationError(f"not allowed to declare {what}: {_reply_text(error)}") from None
+            raise ConfigurationError(f"not allowed to declare {what}: {reply_text(error)}") from None
         finally:
             if not channel.is_closed:
                 await channel.close()
@@ -304,18 +305,12 @@ def _publish_errors(message: OutgoingMessage) -> Iterator[None]:
             f"({message.routing_key}); it was not stored") from error
     except amqp_errors.ChannelNotFoundEntity as error:
         raise ConfigurationError(
-            f"cannot publish to {message.exchange!r}: {_reply_text(error)}; declare the "
+            f"cannot publish to {message.exchange!r}: {reply_text(error)}; declare the "
             "topology first (RabbitMqMessageConfigurer.configure_subscribers)") from None
     except _CONNECTION_ERRORS as error:
         raise BrokerConnectionError(
             f"connection to RabbitMQ lost before message {message.message_id} was "
             f"confirmed ({type(error).__name__}); it may or may not be stored") from error
-
-
-def _reply_text(error: BaseException) -> str:
-    args = getattr(error, "args", ())
-    frame = next((a for a in args if hasattr(a, "reply_text")), None)
-    return str(frame.reply_text) if frame is not None else str(error)
 
 
 class _Consumption:
