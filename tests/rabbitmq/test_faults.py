@@ -22,7 +22,6 @@ from eventyard.rabbitmq import (
 )
 from eventyard.topology import TopologyOptions
 from rabbitmq.conftest import RabbitApp
-from support.broker import Inspector
 from support.rabbitnode import ThrowawayNode
 from support.tcpproxy import TcpProxy
 from support.waiting import wait_until
@@ -99,8 +98,8 @@ def test_a_consumer_killed_mid_handler_loses_nothing(app: RabbitApp, tmp_path: P
     assert marker.read_text() == event.order_id
 
 
-def _publish_and_count(connector: RabbitMqConnector, org: str, n: int, disrupt: object,
-                       inspector: Inspector) -> tuple[Seen, list[str]]:
+def _publish_and_count(connector: RabbitMqConnector, org: str, n: int,
+                       disrupt: object) -> tuple[Seen, list[str]]:
     """Configure, start a consumer, publish n events in batches while ``disrupt()`` runs."""
     seen = Seen()
     subscribers = [MessageSubscriber.from_message(OrderPlaced, [seen.handler()])]
@@ -143,11 +142,8 @@ def test_a_broker_restart_loses_no_confirmed_message_and_consumers_resume(
     throwaway_node: ThrowawayNode,
 ) -> None:
     connector = RabbitMqConnector(throwaway_node.url)
-    inspector = Inspector(throwaway_node.url, ctl_env=throwaway_node.env(),
-                          nodename=throwaway_node.nodename)
     try:
-        seen, published = _publish_and_count(connector, "faults", 400, throwaway_node.restart,
-                                             inspector)
+        seen, published = _publish_and_count(connector, "faults", 400, throwaway_node.restart)
     finally:
         connector.close()
     assert len(published) == 400
@@ -158,8 +154,7 @@ def test_a_cut_connection_loses_no_confirmed_message_and_consumers_resume(app: R
     proxy = TcpProxy("127.0.0.1", int(app.broker.url.rsplit(":", 1)[1].split("/")[0]))
     connector = RabbitMqConnector(proxy.url())
     try:
-        seen, published = _publish_and_count(connector, app.org, 600, proxy.cut,
-                                             app.broker.inspector)
+        seen, published = _publish_and_count(connector, app.org, 600, proxy.cut)
         cuts = proxy.cuts
     finally:
         connector.close()
