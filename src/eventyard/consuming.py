@@ -199,11 +199,12 @@ class AsyncMessageConsumer:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(sig, stop.set)
                 installed.append(sig)
+        waiters = {asyncio.ensure_future(self._stopped.wait()), asyncio.ensure_future(stop.wait())}
         try:
-            done = asyncio.ensure_future(self._stopped.wait())
-            await asyncio.wait({done, asyncio.ensure_future(stop.wait())},
-                               return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            for waiter in waiters:
+                waiter.cancel()
             for sig in installed:
                 loop.remove_signal_handler(sig)
             await self.stop()
