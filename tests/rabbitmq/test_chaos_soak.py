@@ -92,7 +92,8 @@ def test_cli_soak_renders_a_table(rabbit: RabbitBroker, org: str) -> None:
             "chaos", "soak", "--url", rabbit.url, "-n", "30", "-k", "1", "--drops", "0",
             "--retry-ttl", "50", "-o", org], env={"COLUMNS": "160"})
         assert result.exit_code == 0, result.output
-        assert "soak_handler_1" in result.stdout and "(protected)" in result.stdout
+        assert "soak_handler_1" in result.stdout and "protected_handler *" in result.stdout
+        assert "protected routing key" in result.stdout
         assert "OK" in result.stdout
         assert rabbit.inspector.queues(org) == {}
     finally:

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Annotated
 
 import typer
+from rich import box
 from rich.table import Table
 
 from eventyard.cli.common import (
@@ -106,19 +107,31 @@ def _soak(events: int, subscribers: int, nack: float, failure: float, delay: flo
 
 def render(report: SoakReport) -> None:
     """Print the report as a table and a verdict."""
-    table = Table(title=f"Chaos soak of {report.organization}.{report.service}")
-    for column in ("subscriber", "published", "handled", "retried", "dead-lettered", "duplicates",
-                   "lost", "pending", "chaos nacks", "chaos failures"):
-        if column == "subscriber":
-            table.add_column(column, no_wrap=True)
-        else:
-            table.add_column(column, justify="right")
+    table = Table(title=f"Chaos soak of {report.organization}.{report.service}",
+                  box=box.SIMPLE_HEAD, padding=(0, 1, 0, 1), show_edge=False,
+                  pad_edge=False, collapse_padding=True)
+    # Short headers so the numbers fit an 80-column terminal; the legend below spells them out.
+    # "pending" (messages still moving at the end) only appears when something is.
+    show_pending = any(s.pending for s in report.subscribers)
+    columns = ["sent", "handled", "retried", "dead", "dup", "lost"]
+    columns += ["pending"] if show_pending else []
+    rows = []
     for s in report.subscribers:
-        name = s.queue.rsplit(".", 1)[-1] + (" (protected)" if s.protected else "")
-        table.add_row(name, str(s.published), str(s.handled), str(s.retried), str(s.dead_lettered),
-                      str(s.duplicates), _mark(s.lost), _mark(s.pending), str(s.chaos_nacks),
-                      str(s.chaos_failures))
+        name = s.queue.rsplit(".", 1)[-1] + (" *" if s.protected else "")
+        cells = [s.published, s.handled, s.retried, s.dead_lettered, s.duplicates, s.lost]
+        cells += [s.pending] if show_pending else []
+        rows.append([name, *(str(c) for c in cells), str(s.chaos_nacks), str(s.chaos_failures)])
+    headers = ["subscriber", *columns, "nacks", "fails"]
+    for index, header in enumerate(headers):
+        width = max([len(header), *(len(row[index]) for row in rows)])
+        table.add_column(header, justify="left" if index == 0 else "right", no_wrap=True,
+                         min_width=width)
+    for row in rows:
+        table.add_row(*(_mark(int(cell)) if headers[i] in ("lost", "pending") else cell
+                        for i, cell in enumerate(row)))
     out.print(table)
+    out.print("sent: published; dead: dead-lettered; dup: handled more than once; nacks, fails: "
+              "chaos-simulated; *: protected routing key (no chaos)")
     cfg = report.settings
     out.print(f"nack {cfg['nack']}, failure {cfg['failure']}, max retries {cfg['max_retries']}, "
               f"retry TTL {cfg['retry_ttl_ms']} ms, seed {cfg['seed']}; connection drops "
