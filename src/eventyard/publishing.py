@@ -57,22 +57,32 @@ class _AsyncBus:
         self.organization = naming.check_word(organization, "organization")
         self.service = naming.check_word(service, "service")
 
-    async def _send(self, messages: Message | Sequence[Message]) -> None:
+    def prepare(self, messages: Message | Sequence[Message]) -> tuple[list[Message],
+                                                                     list[OutgoingMessage]]:
+        """Check ``messages`` and build what goes on the wire for them."""
         items = _as_list(messages, self._kind)
+        return items, [outgoing(self.organization, self.service, m) for m in items]
+
+    async def _send(self, messages: Message | Sequence[Message]) -> None:
+        items, batch = self.prepare(messages)
         if not items:
             return
-        batch = [outgoing(self.organization, self.service, m) for m in items]
         transport = await self._transports()
-        unroutable = await transport.publish(batch)
-        for index in unroutable:
-            message = items[index]
-            if isinstance(message, Command):
-                raise UnroutableError(
-                    f"command {message.get_message_name()} ({batch[index].routing_key}) reached no "
-                    "queue: configure its subscriber (RabbitMqMessageConfigurer) before dispatching"
-                )
-            logger.warning("event %s (%s) reached no queue", message.get_message_name(),
-                           batch[index].routing_key)
+        report_unroutable(items, batch, await transport.publish(batch))
+
+
+def report_unroutable(items: Sequence[Message], batch: Sequence[OutgoingMessage],
+                      unroutable: Sequence[int]) -> None:
+    """Raise ``UnroutableError`` for a command that reached no queue; log such events."""
+    for index in unroutable:
+        message = items[index]
+        if isinstance(message, Command):
+            raise UnroutableError(
+                f"command {message.get_message_name()} ({batch[index].routing_key}) reached no "
+                "queue: configure its subscriber (RabbitMqMessageConfigurer) before dispatching"
+            )
+        logger.warning("event %s (%s) reached no queue", message.get_message_name(),
+                       batch[index].routing_key)
 
 
 class AsyncDomainEventBus(_AsyncBus):

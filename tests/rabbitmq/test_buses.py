@@ -196,3 +196,71 @@ def test_stop_lets_a_running_handler_finish_and_acks_it(app: RabbitApp) -> None:
     assert finished.is_set() and not stopper.is_alive()
     queue = f"{app.org}.{app.service}.1.event.user_created.slow_handler"
     wait_until(lambda: app.broker.inspector.count(queue) == 0, what="the ack")
+
+
+def test_a_message_the_broker_refuses_raises_on_both_publish_paths(app: RabbitApp, rabbit_url: str) -> None:
+    from eventyard import PublishNackedError
+    from eventyard.topology import BindingSpec, QueueSpec, Topology
+
+    RabbitMqMessageConfigurer(app.connector, app.org, app.service,
+                              options=TopologyOptions(store=False)).configure()
+    full = Topology((), (QueueSpec(f"{app.org}.full", {"x-max-length": 0,
+                                                        "x-overflow": "reject-publish"}),),
+                    (BindingSpec(f"{app.org}.{app.service}", f"{app.org}.full", "#"),))
+
+    async def declare() -> None:
+        await (await app.connector.publisher_transport()).declare(full)
+
+    app.connector.loop_thread.run(declare())
+    bus = RabbitMqDomainEventBus(app.connector, app.org, app.service)
+    with pytest.raises(PublishNackedError, match="refused"):
+        bus.publish(UserCreated(user_id=Uuid.v4()))  # one event: the blocking path
+    with pytest.raises(PublishNackedError, match="refused"):
+        bus.publish([UserCreated(user_id=Uuid.v4()) for _ in range(3)])  # a list: pipelined
+
+
+def test_a_wrong_password_is_refused_without_showing_it(rabbit_url: str) -> None:
+    url = rabbit_url.replace("guest:guest@", "guest:not-the-password@")
+    connector = RabbitMqConnector(url)
+    try:
+        with pytest.raises(BrokerConnectionError) as raised:
+            RabbitMqDomainEventBus(connector, "acme", "registration").publish(UserCreated(user_id=Uuid.v4()))
+    finally:
+        connector.close()
+    assert "not-the-password" not in str(raised.value)
+
+
+def test_the_single_publish_connection_comes_back_after_a_cut(app: RabbitApp, rabbit_url: str) -> None:
+    from support.tcpproxy import TcpProxy
+
+    RabbitMqMessageConfigurer(app.connector, app.org, app.service, options=app.options).configure()
+    port = int(rabbit_url.rsplit(":", 1)[1].split("/")[0])
+    proxy = TcpProxy("127.0.0.1", port)
+    connector = RabbitMqConnector(proxy.url())
+    bus = RabbitMqDomainEventBus(connector, app.org, app.service)
+    try:
+        bus.publish(UserCreated(user_id=Uuid.v4()))
+        proxy.cut()
+        with pytest.raises(BrokerConnectionError, match="may or may not be stored"):
+            bus.publish(UserCreated(user_id=Uuid.v4()))
+        bus.publish(UserCreated(user_id=Uuid.v4()))  # a new connection
+    finally:
+        connector.close()
+        proxy.close()
+    assert app.broker.inspector.count(app.store_queue) in (2, 3)  # the cut one may have landed
+
+
+def test_a_publish_to_a_missing_exchange_leaves_the_bus_usable(app: RabbitApp) -> None:
+    bus = RabbitMqDomainEventBus(app.connector, app.org, app.service)
+    with pytest.raises(ConfigurationError, match="declare the topology first"):
+        bus.publish(UserCreated(user_id=Uuid.v4()))
+
+    RabbitMqMessageConfigurer(app.connector, app.org, app.service, options=app.options).configure()
+    bus.publish(UserCreated(user_id=Uuid.v4()))
+
+    assert app.broker.inspector.count(app.store_queue) == 1
+
+
+@pytest.fixture
+def rabbit_url(app: RabbitApp) -> str:
+    return app.broker.url

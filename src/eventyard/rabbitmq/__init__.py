@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from eventyard.buses import CommandBus, DomainEventBus, MessageConfigurer, MessageConsumer
 from eventyard.chaos import EventChaos
 from eventyard.consuming import AsyncMessageConsumer, ConsumerSettings, Observer
-from eventyard.publishing import AsyncCommandBus, AsyncDomainEventBus
+from eventyard.messages import Command, DomainEvent, Message
+from eventyard.publishing import AsyncCommandBus, AsyncDomainEventBus, report_unroutable
 from eventyard.rabbitmq.connector import RabbitMqConnector
 from eventyard.rabbitmq.settings import ConnectionSettings
 from eventyard.rabbitmq.transport import RabbitMqTransport
@@ -41,11 +42,40 @@ class RabbitMqMessageConfigurer(MessageConfigurer):
                          retry_ttl_ms=retry_ttl_ms, queue_type=queue_type)
 
 
+def _sent_blocking(connector: RabbitMqConnector, bus: AsyncDomainEventBus | AsyncCommandBus,
+                   messages: Message | Sequence[Message]) -> bool:
+    """Send one message through the connector's blocking publisher, if it is free.
+
+    False (nothing sent) for a list of several, from the event loop's own thread, or when
+    another thread holds the blocking publisher: the event-loop path takes it then.
+    """
+    if isinstance(messages, list | tuple) and len(messages) != 1:
+        return False
+    if connector.loop_thread.in_loop_thread():
+        return False
+    items, batch = bus.prepare(messages)
+    routed = connector.blocking_publisher.try_publish(batch[0])
+    if routed is None:
+        return False
+    report_unroutable(items, batch, [] if routed else [0])
+    return True
+
+
 class RabbitMqDomainEventBus(DomainEventBus):
-    """Publishes domain events to ``<org>.<service>`` with publisher confirms."""
+    """Publishes domain events to ``<org>.<service>`` with publisher confirms.
+
+    One event goes out on the calling thread (a blocking confirmed publish); a list is
+    pipelined on the connector's event loop.
+    """
 
     def __init__(self, connector: RabbitMqConnector, organization: str, service: str) -> None:
         super().__init__(connector, organization, service)
+        self._connector = connector
+
+    def publish(self, events: DomainEvent | Sequence[DomainEvent]) -> None:
+        """Publish one event or a list of them; return once RabbitMQ confirmed them."""
+        if not _sent_blocking(self._connector, self._bus, events):
+            super().publish(events)
 
 
 class RabbitMqCommandBus(CommandBus):
@@ -53,6 +83,12 @@ class RabbitMqCommandBus(CommandBus):
 
     def __init__(self, connector: RabbitMqConnector, organization: str, service: str) -> None:
         super().__init__(connector, organization, service)
+        self._connector = connector
+
+    def dispatch(self, commands: Command | Sequence[Command]) -> None:
+        """Dispatch one command or a list of them; return once RabbitMQ confirmed them."""
+        if not _sent_blocking(self._connector, self._bus, commands):
+            super().dispatch(commands)
 
 
 class RabbitMqEventChaos(EventChaos):

@@ -13,6 +13,7 @@ import weakref
 from collections.abc import Mapping
 
 from eventyard.engine import LoopThread
+from eventyard.rabbitmq.blocking import BlockingPublisher
 from eventyard.rabbitmq.settings import ConnectionSettings, settings_from
 from eventyard.rabbitmq.transport import RabbitMqTransport
 
@@ -46,6 +47,7 @@ class RabbitMqConnector:
             weakref.WeakKeyDictionary())
         self._consumers: weakref.WeakSet[RabbitMqTransport] = weakref.WeakSet()
         self._lock = threading.Lock()
+        self.blocking_publisher = BlockingPublisher(self.settings, f"{name}-blocking")
 
     @property
     def loop_thread(self) -> LoopThread:
@@ -90,6 +92,7 @@ class RabbitMqConnector:
             raise RuntimeError("close() cannot be called from an eventyard handler")
         self._loop_thread.run(self.aclose(), timeout=30)
         self._loop_thread.stop()
+        self.blocking_publisher.close()
 
     def __enter__(self) -> RabbitMqConnector:
         return self
