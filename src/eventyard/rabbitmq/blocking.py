@@ -146,6 +146,7 @@ class BlockingPublisher:
         settings = self.settings
         sock = socket.create_connection((host, settings.port), timeout=settings.connect_timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)  # heartbeats are off
         if settings.tls:
             sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
         self._socket, self._buffer, self._tag, self._channel_open = sock, bytearray(), 0, False
