@@ -189,3 +189,25 @@ def test_a_channel_closed_by_the_broker_is_consumed_again(app: RabbitApp) -> Non
     finally:
         consumer.stop()
     assert channel.is_closed
+
+
+def test_a_consumer_whose_queue_is_deleted_consumes_again_once_it_is_back(app: RabbitApp) -> None:
+    seen = Seen()
+    subscribers = [MessageSubscriber.from_message(OrderPlaced, [seen.handler()])]
+    configurer = RabbitMqMessageConfigurer(app.connector, app.org, "shop", options=app.options)
+    configurer.configure_subscribers(subscribers)
+    consumer = RabbitMqMessageConsumer(app.connector, app.org, "shop", 3,
+                                       settings=ConsumerSettings(store_queue=app.store_queue,
+                                                                 declare_missing=False))
+    consumer.add_subscribers(subscribers)
+    consumer.start()
+    queue = f"{app.org}.shop.1.event.order_placed.count_order"
+    try:
+        app.broker.inspector.delete_matching(queue)  # RabbitMQ cancels the consumer
+        wait_until(lambda: queue not in app.broker.inspector.queues(app.org), what="the deletion")
+        configurer.configure_subscribers(subscribers)  # an operator declares it again
+        event = OrderPlaced(order_id=Uuid.v4())
+        RabbitMqDomainEventBus(app.connector, app.org, "shop").publish(event)
+        wait_until(lambda: event.order_id in seen.ids, timeout=20, what="consuming again")
+    finally:
+        consumer.stop()

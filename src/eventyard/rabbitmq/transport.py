@@ -353,6 +353,9 @@ class _Consumption:
                 "(RabbitMqMessageConfigurer.configure_subscribers) before consuming") from None
         self.channel, self.settlements, self.consumer_tag = channel, settlements, str(ok.consumer_tag)
         channel.closing.add_done_callback(lambda closing: self._on_channel_closed(channel, closing))
+        cancel_callbacks = getattr(channel, "on_consumer_cancel_callbacks", None)
+        if cancel_callbacks is not None:
+            cancel_callbacks.add(lambda frame: self._on_broker_cancel(channel))
         if self._pump is None or self._pump.done():
             self._pump = asyncio.get_running_loop().create_task(self._run_pump())
 
@@ -363,6 +366,16 @@ class _Consumption:
             return
         if self._reattaching is None or self._reattaching.done():
             self._reattaching = asyncio.get_running_loop().create_task(self._reattach(channel))
+
+    def _on_broker_cancel(self, channel: AbstractChannel) -> None:
+        """RabbitMQ cancelled this consumer (its queue was deleted, say): close the channel, so
+        the reattach loop consumes again once the queue is back."""
+        if self.cancelled or channel is not self.channel:
+            return
+        logger.warning("RabbitMQ cancelled the consumer of %s; consuming again when it can",
+                       self.queue)
+        task = asyncio.get_running_loop().create_task(channel.close())
+        task.add_done_callback(lambda done: done.cancelled() or done.exception())
 
     async def _reattach(self, dead: AbstractChannel) -> None:
         """The broker closed this consumption's channel alone (the connection lives on): consume
