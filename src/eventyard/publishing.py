@@ -17,7 +17,8 @@ logger = logging.getLogger(__name__)
 
 def tracing_headers(message: Message) -> dict[str, Any]:
     """Headers that carry the message's tracing ids (from its ``InfoId``)."""
-    info = message.get_meta().get("info_id")
+    meta = (message.__pydantic_private__ or {}).get("_meta") or {}  # no copy: read only
+    info = meta.get("info_id")
     if not isinstance(info, dict):
         return {}
     return {key: str(info[key]) for key in ("correlation_id", "client_id", "user_id")

@@ -55,6 +55,7 @@ class BlockingPublisher:
         self._frame_max = _FRAME_MAX
         self._tag = 0
         self._channel_open = False
+        self._publish_frames: dict[tuple[str, str], bytes] = {}  # marshalled Basic.Publish
 
     def try_publish(self, message: OutgoingMessage) -> bool | None:
         """Publish and wait for the confirm: True routed, False returned (unroutable).
@@ -81,7 +82,8 @@ class BlockingPublisher:
         if not self._channel_open:
             self._open_channel()
         try:
-            self._send(*self._frames(message))
+            assert self._socket is not None
+            self._socket.sendall(self._frames(message))
             self._tag += 1
             return self._await_confirm(self._tag, message)
         except _ChannelClosed as closed:
@@ -98,7 +100,14 @@ class BlockingPublisher:
                 f"connection to RabbitMQ lost before message {message.message_id} was confirmed "
                 f"({type(error).__name__}); it may or may not be stored") from error
 
-    def _frames(self, message: OutgoingMessage) -> list[Any]:
+    def _frames(self, message: OutgoingMessage) -> bytes:
+        """The message's frames, marshalled as one write."""
+        key = (message.exchange, message.routing_key)
+        publish = self._publish_frames.get(key)
+        if publish is None:
+            publish = self._publish_frames[key] = pamqp.frame.marshal(spec.Basic.Publish(
+                exchange=message.exchange, routing_key=message.routing_key, mandatory=True),
+                _CHANNEL)
         properties = spec.Basic.Properties(
             content_type=message.content_type, delivery_mode=2, message_id=message.message_id,
             message_type=message.type,
@@ -106,12 +115,11 @@ class BlockingPublisher:
                        if message.timestamp is not None else None),
             headers=message.headers or None)
         body, size = message.body, self._frame_max - 8
-        frames: list[Any] = [
-            spec.Basic.Publish(exchange=message.exchange, routing_key=message.routing_key,
-                               mandatory=True),
-            ContentHeader(body_size=len(body), properties=properties)]
-        frames += [ContentBody(body[i:i + size]) for i in range(0, len(body), size)]
-        return frames
+        parts = [publish, pamqp.frame.marshal(ContentHeader(body_size=len(body),
+                                                            properties=properties), _CHANNEL)]
+        parts += [pamqp.frame.marshal(ContentBody(body[i:i + size]), _CHANNEL)
+                  for i in range(0, len(body), size)]
+        return b"".join(parts)
 
     def _await_confirm(self, tag: int, message: OutgoingMessage) -> bool:
         routed = True
