@@ -8,18 +8,16 @@ reported as not checked rather than guessed.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal
 
-import aiormq
 import aiormq.exceptions as amqp_errors
 from aiormq.abc import AbstractChannel, AbstractConnection
 
-from eventyard.errors import BrokerConnectionError
+from eventyard.rabbitmq.connecting import open_connection
 from eventyard.rabbitmq.settings import ConnectionSettings
 from eventyard.topology import ExchangeSpec, QueueSpec, Topology
 
@@ -31,30 +29,11 @@ BINDINGS_NOT_CHECKED = (
 )
 
 
-def _scrub(text: str, settings: ConnectionSettings) -> str:
-    if settings.password and len(settings.password) >= 3:
-        text = text.replace(settings.password, "****")
-    return text
-
-
 @contextlib.asynccontextmanager
 async def connect(settings: ConnectionSettings, *, name: str = "eventyard-cli",
                   ) -> AsyncIterator[AbstractConnection]:
     """An AMQP connection for the length of the block; ``BrokerConnectionError`` names the broker."""
-    problems: list[str] = []
-    connection: AbstractConnection | None = None
-    for host in settings.hosts:
-        try:
-            connection = await asyncio.wait_for(aiormq.connect(settings.url(host, name=name)),
-                                                settings.connect_timeout)
-            break
-        except Exception as error:
-            reason = _scrub(str(error) or type(error).__name__, settings)
-            problems.append(f"{host}:{settings.port}: {reason}")
-    if connection is None:
-        raise BrokerConnectionError(
-            f"cannot connect to RabbitMQ at {settings.describe()} ({'; '.join(problems)}); "
-            "set RABBITMQ_HOST/RABBITMQ_PORT/RABBITMQ_USER/RABBITMQ_PASSWORD or pass --url")
+    connection = await open_connection(settings, name)
     try:
         yield connection
     finally:

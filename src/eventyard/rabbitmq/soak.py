@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 
-import aiormq
 from aiormq.abc import AbstractConnection
 
-from eventyard.errors import BrokerConnectionError
 from eventyard.ports import Transport
+from eventyard.rabbitmq.connecting import open_connection
 from eventyard.rabbitmq.settings import ConnectionSettings
 from eventyard.rabbitmq.transport import RabbitMqTransport
 
@@ -23,17 +21,7 @@ class RabbitMqSoakProbe:
 
     async def connect(self) -> None:
         """Open the probe's connection (first host that answers)."""
-        problems = []
-        for host in self.settings.hosts:
-            try:
-                self._connection = await asyncio.wait_for(
-                    aiormq.connect(self.settings.url(host, name="eventyard-soak-probe")),
-                    self.settings.connect_timeout)
-                return
-            except Exception as error:
-                problems.append(f"{host}: {type(error).__name__}")
-        raise BrokerConnectionError(
-            f"soak probe cannot connect to {self.settings.describe()} ({'; '.join(problems)})")
+        self._connection = await open_connection(self.settings, "eventyard-soak-probe")
 
     async def _connected(self) -> AbstractConnection:
         if self._connection is None or self._connection.is_closed:

@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-import aiormq
 import aiormq.exceptions as amqp_errors
 from aiormq.abc import AbstractChannel, AbstractConnection, DeliveredMessage
 from pamqp import commands as spec
@@ -29,8 +28,8 @@ from eventyard.errors import (
     TopologyMismatchError,
 )
 from eventyard.ports import DeliveryCallback, OutgoingMessage
+from eventyard.rabbitmq.connecting import open_connection
 from eventyard.rabbitmq.delivery import RabbitMqDelivery, Settlements
-from eventyard.rabbitmq.framing import buffered_frames
 from eventyard.rabbitmq.inspection import reply_text
 from eventyard.rabbitmq.pipelining import can_pipeline, publish_pipelined
 from eventyard.rabbitmq.settings import ConnectionSettings
@@ -41,13 +40,6 @@ logger = logging.getLogger(__name__)
 _CONNECTION_ERRORS = (amqp_errors.AMQPConnectionError, amqp_errors.ChannelInvalidStateError,
                       ConnectionError, OSError, asyncio.TimeoutError, RuntimeError)
 _MAX_BACKOFF_SECONDS = 5.0
-
-
-def _scrub(text: str, settings: ConnectionSettings) -> str:
-    secret = settings.password
-    if secret and secret != settings.user and len(secret) >= 3:
-        text = text.replace(secret, "****")
-    return text
 
 
 class RabbitMqTransport:
@@ -76,24 +68,7 @@ class RabbitMqTransport:
         await self._setup(await self._open_connection())
 
     async def _open_connection(self) -> AbstractConnection:
-        problems = []
-        for host in self.settings.hosts:
-            try:
-                with buffered_frames():
-                    return await asyncio.wait_for(
-                        aiormq.connect(self.settings.url(host, name=self.name)),
-                        self.settings.connect_timeout)
-            except amqp_errors.ProbableAuthenticationError as error:
-                problems.append(f"{host}:{self.settings.port}: login refused for user "
-                                f"{self.settings.user!r} ({_scrub(str(error), self.settings)})")
-            except Exception as error:
-                reason = _scrub(str(error) or type(error).__name__, self.settings)
-                problems.append(f"{host}:{self.settings.port}: {reason}")
-        raise BrokerConnectionError(
-            f"cannot connect to RabbitMQ at {self.settings.describe()} ({'; '.join(problems)}). "
-            "Is the broker running and reachable? Set RABBITMQ_HOST/RABBITMQ_PORT/RABBITMQ_USER/"
-            "RABBITMQ_PASSWORD or pass an amqp:// URL to RabbitMqConnector."
-        )
+        return await open_connection(self.settings, self.name)
 
     async def _setup(self, connection: AbstractConnection) -> None:
         try:
