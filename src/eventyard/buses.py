@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from eventyard.chaos import EventChaos
 from eventyard.consuming import AsyncMessageConsumer, ConsumerSettings, Observer
@@ -74,13 +74,13 @@ class MessageConfigurer:
         self.connector = connector
         self.organization = organization
         self.service = service
-        overrides: dict[str, object] = {}
+        overrides: dict[str, Any] = {}
         if retry_ttl_ms is not None:
             overrides["retry_ttl_ms"] = retry_ttl_ms
         if queue_type is not None:
             overrides["queue_type"] = queue_type
         base = options or TopologyOptions()
-        self.options = TopologyOptions(**{**_fields(base), **overrides})  # type: ignore[arg-type]
+        self.options = dataclasses.replace(base, **overrides)  # validated again
 
     def topology(self, subscribers: Sequence[MessageSubscriber] = ()) -> Topology:
         """What ``configure_subscribers(subscribers)`` declares."""
@@ -110,10 +110,6 @@ class MessageConfigurer:
 
     async def _delete(self, topology: Topology) -> None:
         await (await self.connector.publisher_transport()).delete(topology)
-
-
-def _fields(options: TopologyOptions) -> dict[str, object]:
-    return {name: getattr(options, name) for name in options.__dataclass_fields__}
 
 
 class MessageConsumer:

@@ -6,9 +6,11 @@ password never appears in ``repr``, logs or error messages.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 from eventyard.errors import ConfigurationError
@@ -131,14 +133,11 @@ def settings_from(
     )
     url = url or env.get(ENV_URL) or None
     settings = parse_url(url, from_env) if url else from_env
-    overrides: dict[str, object] = {}
+    overrides: dict[str, Any] = {}
     if host is not None:
         overrides["hosts"] = tuple(h.strip() for h in host.split(",") if h.strip())
     for name, value in (("port", port), ("user", user), ("password", password), ("vhost", vhost),
                         ("heartbeat", heartbeat), ("prefetch_count", prefetch_count)):
         if value is not None:
             overrides[name] = value
-    if not overrides:
-        return settings
-    values = {n: getattr(settings, n) for n in settings.__dataclass_fields__}
-    return ConnectionSettings(**{**values, **overrides})
+    return dataclasses.replace(settings, **overrides) if overrides else settings
