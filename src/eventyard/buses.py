@@ -98,7 +98,7 @@ class MessageConfigurer:
 
     def clear_subscribers(self, subscribers: Sequence[MessageSubscriber]) -> None:
         """Delete what ``configure_subscribers(subscribers)`` declared (messages included)."""
-        topology = self.topology(subscribers)
+        topology = self.topology(subscribers).for_deletion()
         self.connector.loop_thread.run(self._delete(topology))
 
     def clear(self) -> None:
@@ -118,7 +118,8 @@ class MessageConsumer:
     def __init__(self, connector: Backend, organization: str, service: str,
                  max_retries: int = 5, *, chaos: EventChaos | None = None,
                  settings: ConsumerSettings | None = None, prefetch: int | None = None,
-                 concurrency: int | None = None, observers: Sequence[Observer] = ()) -> None:
+                 concurrency: int | None = None, observers: Sequence[Observer] = (),
+                 options: TopologyOptions | None = None) -> None:
         self.connector = connector
         settings = settings or ConsumerSettings()
         if prefetch is not None or concurrency is not None:
@@ -126,7 +127,7 @@ class MessageConsumer:
                                            concurrency=concurrency or settings.concurrency)
         self.engine = AsyncMessageConsumer(connector.consumer_transport, organization, service,
                                            max_retries, settings=settings, chaos=chaos,
-                                           observers=observers)
+                                           observers=observers, options=options)
 
     def add_subscribers(self, subscribers: Sequence[MessageSubscriber]) -> None:
         """Add subscribers (checked now)."""

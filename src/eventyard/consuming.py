@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 import time
@@ -93,8 +94,12 @@ class AsyncMessageConsumer:
         settings: ConsumerSettings | None = None,
         chaos: EventChaos | None = None,
         observers: Sequence[Observer] = (),
+        options: TopologyOptions | None = None,
     ) -> None:
         self._transports = transports
+        # The topology options the service was configured with: they name the store queue and
+        # shape the queues this consumer declares when nobody configured them.
+        self.options = options
         self.organization = organization
         self.service = service
         self.policy = RetryPolicy(max_retries)
@@ -108,6 +113,13 @@ class AsyncMessageConsumer:
         self._transport: Transport | None = None
         self._stopped = asyncio.Event()
         self._stopping = False
+
+    @property
+    def store_queue(self) -> str:
+        """The store queue's name: the options' if given, else the settings'."""
+        if self.options is not None:
+            return self.options.store_queue
+        return self.settings.store_queue
 
     def add_subscribers(self, subscribers: Sequence[MessageSubscriber]) -> None:
         """Add subscribers; checked now (a command with two handlers raises here)."""
@@ -140,7 +152,7 @@ class AsyncMessageConsumer:
         try:
             for subscription in subscriptions:
                 queue = subscription_queue(self.organization, self.service, subscription,
-                                           self.settings.store_queue)
+                                           self.store_queue)
                 worker = _QueueWorker(self, subscription, queue)
                 self._consumptions.append(await self._consume(subscription, queue, worker))
         except BaseException:
@@ -160,8 +172,10 @@ class AsyncMessageConsumer:
                 raise
         # Nobody configured this subscriber yet: declare its queues with the default options,
         # as the seed's consumer snippet expects. A configurer chooses other options up front.
-        options = TopologyOptions(store_queue=self.settings.store_queue,
-                                  max_retries=self.policy.max_retries, store=subscription.is_store)
+        options = dataclasses.replace(self.options or TopologyOptions(),
+                                      store_queue=self.store_queue,
+                                      max_retries=self.policy.max_retries,
+                                      store=subscription.is_store)
         await transport.declare(build_topology(self.organization, self.service, [subscription],
                                                options))
         logger.warning("declared the missing queues of %s (retry delay %d ms); configure "
@@ -229,8 +243,7 @@ class _QueueWorker:
         self.consumer = consumer
         self.subscription = subscription
         self.queue = queue
-        self.route = route_of(consumer.organization, consumer.service, queue,
-                              consumer.settings.store_queue)
+        self.route = route_of(consumer.organization, consumer.service, queue, consumer.store_queue)
         self.handlers = [(h, is_async_handler(h)) for h in subscription.handlers]
         self.slots = asyncio.Semaphore(consumer.settings.concurrency)
         self.ordered = consumer.settings.concurrency == 1

@@ -2,7 +2,8 @@
 
 A subscriber names the messages it reacts to and the handlers that run for them. Each
 (message, handler) pair becomes one ``Subscription``: one queue with its own retries and dead
-letters. The all-messages subscriber (the store) shares the ``store`` queue.
+letters. No two handlers share a queue or a retry budget: the first all-messages handler (the
+store) consumes the ``store`` queue, each further one a ``store.<handler>`` queue of its own.
 """
 
 from __future__ import annotations
@@ -45,30 +46,52 @@ class MessageSubscriber:
         """True for a subscriber to every message (the store)."""
         return False
 
+    #: The service that publishes the subscribed messages, when it is not the consuming service
+    #: (a class subscriber sets it as a class attribute).
+    publisher: str | None = None
+
     @staticmethod
     def from_message(
         message: type[Message] | Message | Sequence[type[Message] | Message],
         handlers: Sequence[Handler] | Handler,
+        *,
+        publisher: str | None = None,
     ) -> MessageSubscriber:
-        """A subscriber running each of ``handlers`` for a message class (or an instance's class)."""
+        """A subscriber running each of ``handlers`` for a message class (or an instance's class).
+
+        ``publisher`` names another service of the organisation whose message this is (billing
+        reacting to registration's ``UserCreated``): the queues are that service's, as petisco
+        names them, and this service's consumer consumes them beside its own.
+        """
         messages = list(message) if isinstance(message, list | tuple) else [message]
         classes = [_message_class(m) for m in messages]
         if not classes:
             raise SubscriberError("from_message needs at least one message class")
-        return _FunctionSubscriber(classes, _handler_list(handlers), all_messages=False)
+        if publisher is not None:
+            try:
+                naming.check_word(publisher, "publisher")
+            except ValueError as error:
+                raise SubscriberError(str(error)) from None
+        return _FunctionSubscriber(classes, _handler_list(handlers), all_messages=False,
+                                   publisher=publisher)
 
     @staticmethod
     def all_messages(handlers: Sequence[Handler] | Handler) -> MessageSubscriber:
-        """A subscriber to every event and command (the store); its handlers share one queue."""
+        """A subscriber to every event and command (the store).
+
+        The first store handler consumes the ``store`` queue; each further one gets a queue of
+        its own, ``store.<handler>``, with its own retries and dead letters.
+        """
         return _FunctionSubscriber([], _handler_list(handlers), all_messages=True)
 
 
 class _FunctionSubscriber(MessageSubscriber):
     def __init__(self, classes: list[type[Message]], handlers: list[Handler], *,
-                 all_messages: bool) -> None:
+                 all_messages: bool, publisher: str | None = None) -> None:
         self._classes = classes
         self._handlers = handlers
         self._all = all_messages
+        self.publisher = publisher
 
     def subscribed_to(self) -> Sequence[type[Message]]:
         return list(self._classes)
@@ -177,15 +200,22 @@ def outcome_of_exception(exception: BaseException) -> Outcome:
 
 @dataclass(frozen=True, slots=True)
 class Subscription:
-    """One handler of one message (or of every message, for the store): one queue."""
+    """One handler of one message (or of every message, for the store): one queue.
+
+    ``publisher`` is the service whose message it is when another service consumes it;
+    ``store_suffix`` tells a further store handler's queue (``store.<handler>``) from the
+    organisation's ``store`` (empty).
+    """
 
     message_class: type[Message] | None
     handler_name: str
     handlers: tuple[Handler, ...]
+    publisher: str | None = None
+    store_suffix: str = ""
 
     @property
     def is_store(self) -> bool:
-        """True for the all-messages (store) subscription."""
+        """True for an all-messages (store) subscription."""
         return self.message_class is None
 
 
@@ -195,40 +225,49 @@ def subscriptions_of(subscribers: Iterable[MessageSubscriber]) -> list[Subscript
     Raise ``SubscriberError`` for a command with more than one handler, or two handlers that
     would share a queue name.
     """
-    found: dict[tuple[str, int, str, str], Subscription] = {}
-    command_handlers: dict[tuple[str, int], list[str]] = {}
-    store_handlers: list[Handler] = []
+    found: dict[tuple[str | None, str, int, str, str], Subscription] = {}
+    command_handlers: dict[tuple[str | None, str, int], list[str]] = {}
+    store: dict[str, Subscription] = {}
     for subscriber in subscribers:
         if not isinstance(subscriber, MessageSubscriber):
             raise SubscriberError(f"{subscriber!r} is not a MessageSubscriber")
         pairs = subscriber.handlers()
         if subscriber.is_all_messages():
-            store_handlers.extend(h for _, h in pairs)
+            for name, handler in pairs:
+                if name in store:
+                    raise SubscriberError(
+                        f"two store handlers are named {name!r}; they would share one queue: "
+                        "rename one")
+                store[name] = Subscription(None, name, (handler,),
+                                           store_suffix=name if store else "")
             continue
         classes = subscriber.subscribed_to()
         if not classes:
             raise SubscriberError(f"{subscriber!r} subscribes to no message")
+        publisher = subscriber.publisher
+        if publisher is not None:
+            try:
+                naming.check_word(publisher, "publisher")
+            except ValueError as error:
+                raise SubscriberError(f"{subscriber!r}: {error}") from None
         for cls in classes:
             cls = _message_class(cls)
             for name, handler in pairs:
-                key = (cls.message_kind, cls.message_version, cls.message_name, name)
+                key = (publisher, cls.message_kind, cls.message_version, cls.message_name, name)
                 if key in found:
                     raise SubscriberError(
                         f"two handlers named {name!r} subscribe to {cls.message_name} "
                         f"v{cls.message_version}; they would share one queue: rename one"
                     )
-                found[key] = Subscription(cls, name, (handler,))
+                found[key] = Subscription(cls, name, (handler,), publisher=publisher)
                 if issubclass(cls, Command):
                     command_handlers.setdefault(
-                        (cls.message_name, cls.message_version), []
+                        (publisher, cls.message_name, cls.message_version), []
                     ).append(name)
-    for (name, version), handlers in command_handlers.items():
+    for (_, name, version), handlers in command_handlers.items():
         if len(handlers) > 1:
             raise SubscriberError(
                 f"command {name} v{version} has {len(handlers)} handlers ({', '.join(handlers)}); "
                 "a command must have exactly one"
             )
-    result = list(found.values())
-    if store_handlers:
-        result.append(Subscription(None, naming.STORE_QUEUE, tuple(store_handlers)))
-    return result
+    return [*found.values(), *store.values()]

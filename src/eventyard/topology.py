@@ -7,6 +7,7 @@ and the CLI shows and verifies it.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -49,11 +50,27 @@ class BindingSpec:
 
 @dataclass(frozen=True, slots=True)
 class Topology:
-    """Exchanges, queues and bindings, in declaration order."""
+    """Exchanges, queues and bindings, in declaration order.
+
+    ``organization`` and ``store_queues`` are kept so that a mismatch on a store queue (shared by
+    every service of the organisation) can be explained.
+    """
 
     exchanges: tuple[ExchangeSpec, ...]
     queues: tuple[QueueSpec, ...]
     bindings: tuple[BindingSpec, ...]
+    organization: str = ""
+    store_queues: tuple[str, ...] = ()
+    foreign_exchanges: tuple[str, ...] = ()
+
+    def for_deletion(self) -> Topology:
+        """This topology without the exchanges of other services it subscribes to.
+
+        Clearing a service deletes its queues and its own exchanges, never the exchanges that
+        the services it listens to publish on.
+        """
+        return dataclasses.replace(self, exchanges=tuple(
+            e for e in self.exchanges if e.name not in self.foreign_exchanges))
 
     def queue(self, name: str) -> QueueSpec:
         """The queue called ``name``; ``KeyError`` if there is none."""
@@ -62,10 +79,33 @@ class Topology:
                 return spec
         raise KeyError(name)
 
+    def mismatch_hint(self, name: str) -> str:
+        """What to do when the broker holds queue ``name`` with other arguments ('' if nothing)."""
+        family = {n for s in self.store_queues
+                  for n in (s, naming.retry_queue(s), naming.dead_letter_queue(s))}
+        if name not in family:
+            return ""
+        return (
+            f" {name!r} belongs to the organisation's store, which every service of "
+            f"{self.organization!r} on this vhost shares. If another organisation's store holds "
+            "this name, give this one its own: store_queue='<name>' (TopologyOptions) or "
+            "--store-queue <name>. If an older eventyard declared it (its retry queue then "
+            "dead-lettered to a service's exchange), `eventyard topology verify` prints the steps "
+            "to move it."
+        )
+
+
+Layout = Literal["eventyard", "petisco"]
+PETISCO_MAIN_QUEUE_TTL_MS = 5000
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TopologyOptions:
-    """How queues are declared. Every field has the documented default."""
+    """How queues are declared. Every field has the documented default.
+
+    ``layout="petisco"`` (see ``petisco()``) adds the bindings petisco 2.2.3 declares beside
+    eventyard's, so both kinds of service share one vhost.
+    """
 
     retry_ttl_ms: int = DEFAULT_RETRY_TTL_MS
     queue_type: QueueType = "classic"
@@ -74,6 +114,7 @@ class TopologyOptions:
     max_retries: int = DEFAULT_MAX_RETRIES
     store: bool = True
     store_queue: str = naming.STORE_QUEUE
+    layout: Layout = "eventyard"
 
     def __post_init__(self) -> None:
         if isinstance(self.retry_ttl_ms, bool) or not isinstance(self.retry_ttl_ms, int) or (
@@ -90,7 +131,26 @@ class TopologyOptions:
             raise ConfigurationError(f"max_retries must be >= 0, not {self.max_retries}")
         if self.delivery_limit is not None and self.delivery_limit <= self.max_retries:
             raise ConfigurationError("delivery_limit must be above max_retries")
-        naming.check_word(self.store_queue.replace(".", "_"), "store queue name")
+        if self.layout not in ("eventyard", "petisco"):
+            raise ConfigurationError(f"layout must be 'eventyard' or 'petisco', not {self.layout!r}")
+        try:
+            naming.check_word(self.store_queue.replace(".", "_"), "store queue name")
+        except ValueError as error:
+            raise ConfigurationError(str(error)) from None
+
+    @classmethod
+    def petisco(cls, **overrides: Any) -> TopologyOptions:
+        """Exactly what petisco 2.2.3 declares: a 5 s TTL on main queues, petisco's bindings.
+
+        Pass it as ``options=`` to the configurer and the consumer of a service that joins a
+        vhost of petisco services, to share or take over their queues. Other fields may be
+        overridden (``retry_ttl_ms=...``). Commands that no handler receives are still caught
+        by the store here, as in petisco, so ``UnroutableError`` cannot fire.
+        """
+        values: dict[str, Any] = {"main_queue_ttl_ms": PETISCO_MAIN_QUEUE_TTL_MS,
+                                  "layout": "petisco"}
+        values.update(overrides)
+        return cls(**values)
 
     def quorum_delivery_limit(self) -> int:
         """Redeliveries a quorum queue allows before dead-lettering (crash loops, not retries)."""
@@ -98,12 +158,13 @@ class TopologyOptions:
 
 
 def subscription_queue(org: str, svc: str, subscription: Subscription, store_queue: str) -> str:
-    """The main queue ``Q`` of a subscription."""
+    """The main queue ``Q`` of a subscription (under its publisher's service, if it names one)."""
     cls = subscription.message_class
     if cls is None:
-        return store_queue
-    return naming.queue(org, svc, cls.message_version, cls.message_kind, cls.message_name,
-                        subscription.handler_name)
+        suffix = subscription.store_suffix
+        return f"{store_queue}.{suffix}" if suffix else store_queue
+    return naming.queue(org, subscription.publisher or svc, cls.message_version,
+                        cls.message_kind, cls.message_name, subscription.handler_name)
 
 
 def _queue_arguments(options: TopologyOptions, **arguments: Any) -> dict[str, Any]:
@@ -118,52 +179,95 @@ def build_topology(
     subscriptions: Iterable[Subscription],
     options: TopologyOptions | None = None,
 ) -> Topology:
-    """Everything ``org``/``svc`` needs on the broker for ``subscriptions``."""
+    """Everything ``org``/``svc`` needs on the broker for ``subscriptions``.
+
+    A subscription that names another service as its publisher gets that service's exchanges
+    and queue names. The store is bound to every event of the services involved, and to each
+    command only through the command's subscriber, so that a command nobody handles stays
+    unroutable (``UnroutableError``); the petisco layout binds every command, as petisco does.
+    """
     options = options or TopologyOptions()
     naming.check_word(org, "organization")
     naming.check_word(svc, "service")
-    main, retry, dead = (naming.exchange(org, svc), naming.retry_exchange(org, svc),
-                         naming.dead_letter_exchange(org, svc))
-    exchanges = [ExchangeSpec(main), ExchangeSpec(retry), ExchangeSpec(dead)]
+    subs = list(subscriptions)
+    services = list(dict.fromkeys([svc, *(s.publisher for s in subs if s.publisher)]))
+    exchanges: list[ExchangeSpec] = []
+    for name in services:
+        exchanges += [ExchangeSpec(naming.exchange(org, name)),
+                      ExchangeSpec(naming.retry_exchange(org, name)),
+                      ExchangeSpec(naming.dead_letter_exchange(org, name))]
     queues: list[QueueSpec] = []
     bindings: list[BindingSpec] = []
 
-    def add_set(q: str, keys: Iterable[str], retry_exchange: str, dead_exchange: str,
-                main_ttl: int | None) -> None:
-        retry_q, dead_q = naming.retry_queue(q), naming.dead_letter_queue(q)
+    def add_set(q: str, dead_exchange: str, retry_exchange: str, retry_target: str,
+                retry_target_key: str) -> None:
         main_args: dict[str, Any] = {"x-dead-letter-exchange": dead_exchange,
                                      "x-dead-letter-routing-key": naming.dead_letter_key(q)}
-        if main_ttl is not None:
-            main_args["x-message-ttl"] = main_ttl
+        if options.main_queue_ttl_ms is not None:
+            main_args["x-message-ttl"] = options.main_queue_ttl_ms
         if options.queue_type == "quorum":
             main_args["x-delivery-limit"] = options.quorum_delivery_limit()
+        retry_q, dead_q = naming.retry_queue(q), naming.dead_letter_queue(q)
         queues.append(QueueSpec(q, _queue_arguments(options, **main_args)))
         queues.append(QueueSpec(retry_q, _queue_arguments(options, **{
             "x-message-ttl": options.retry_ttl_ms,
-            "x-dead-letter-exchange": main,
-            "x-dead-letter-routing-key": naming.retry_key(q),
+            "x-dead-letter-exchange": retry_target,
+            "x-dead-letter-routing-key": retry_target_key,
         })))
         queues.append(QueueSpec(dead_q, _queue_arguments(options)))
-        bindings.extend(BindingSpec(main, q, key) for key in keys)
-        bindings.append(BindingSpec(main, q, naming.retry_key(q)))
+        bindings.append(BindingSpec(retry_target, q, retry_target_key))
         bindings.append(BindingSpec(retry_exchange, retry_q, naming.retry_key(q)))
         bindings.append(BindingSpec(dead_exchange, dead_q, naming.dead_letter_key(q)))
 
-    for sub in subscriptions:
+    commands: list[tuple[str, str]] = []
+    for sub in subs:
         cls = sub.message_class
         if cls is None:
             continue
+        owner = sub.publisher or svc
         q = subscription_queue(org, svc, sub, options.store_queue)
-        key = naming.routing_key(org, svc, cls.message_version, cls.message_kind, cls.message_name)
-        add_set(q, [key], retry, dead, options.main_queue_ttl_ms)
+        main = naming.exchange(org, owner)
+        key = naming.routing_key(org, owner, cls.message_version, cls.message_kind, cls.message_name)
+        bindings.append(BindingSpec(main, q, key))
+        add_set(q, naming.dead_letter_exchange(org, owner), naming.retry_exchange(org, owner),
+                main, naming.retry_key(q))
+        if cls.message_kind == "command":
+            commands.append((main, key))
 
+    store_queues: tuple[str, ...] = ()
     if options.store:
         store_retry = naming.store_retry_exchange(org)
         store_dead = naming.store_dead_letter_exchange(org)
         exchanges += [ExchangeSpec(store_retry), ExchangeSpec(store_dead)]
-        add_set(options.store_queue, naming.STORE_BINDING_KEYS, store_retry, store_dead,
-                options.main_queue_ttl_ms)
-    return Topology(tuple(exchanges), tuple(queues), tuple(bindings))
+        store_queues = (options.store_queue, *(
+            subscription_queue(org, svc, s, options.store_queue) for s in subs
+            if s.is_store and s.store_suffix))
+        petisco = options.layout == "petisco"
+        for s in store_queues:
+            for name in services:
+                keys = naming.STORE_BINDING_KEYS if petisco else naming.STORE_BINDING_KEYS[:1]
+                bindings += [BindingSpec(naming.exchange(org, name), s, k) for k in keys]
+            bindings += [BindingSpec(main, s, key) for main, key in commands if not petisco]
+            add_set(s, store_dead, store_retry, store_retry, s)
+            if petisco and s == options.store_queue:
+                bindings += _petisco_store_bindings(org, services, s)
+    foreign = tuple(e.name for e in exchanges[3:3 * len(services)])
+    return Topology(tuple(exchanges), tuple(queues), tuple(dict.fromkeys(bindings)), org,
+                    store_queues, foreign)
+
+
+def _petisco_store_bindings(org: str, services: Iterable[str], store: str) -> list[BindingSpec]:
+    """The further bindings petisco 2.2.3 gives its store (its consumers route by them)."""
+    retry = naming.store_retry_exchange(org)
+    found = [BindingSpec(retry, store, key) for key in naming.STORE_BINDING_KEYS]
+    for name in services:
+        main, dead = naming.exchange(org, name), naming.dead_letter_exchange(org, name)
+        found += [BindingSpec(main, store, naming.retry_key(store)), BindingSpec(main, store, store)]
+        found += [BindingSpec(dead, naming.dead_letter_queue(store), naming.dead_letter_key(key))
+                  for key in naming.STORE_BINDING_KEYS]
+        found.append(BindingSpec(dead, naming.dead_letter_queue(store),
+                                 naming.dead_letter_key(store)))
+    return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,9 +282,16 @@ class Route:
 
 
 def route_of(org: str, svc: str, queue: str, store_queue: str = naming.STORE_QUEUE) -> Route:
-    """The retry and dead-letter hops of ``queue`` (a subscriber queue or the store)."""
-    if queue == store_queue:
+    """The retry and dead-letter hops of ``queue`` (a subscriber queue or a store queue).
+
+    A subscriber queue names its service (``<org>.<svc>.<v>.<kind>.<name>.<handler>``); that
+    service's exchanges carry its retries, also when another service consumes it.
+    """
+    words = queue.split(".")
+    subscriber = len(words) >= 6 and words[0] == org
+    if queue == store_queue or (not subscriber and queue.startswith(f"{store_queue}.")):
         return Route(queue, naming.store_retry_exchange(org), naming.retry_key(queue),
                      naming.store_dead_letter_exchange(org), naming.dead_letter_key(queue))
-    return Route(queue, naming.retry_exchange(org, svc), naming.retry_key(queue),
-                 naming.dead_letter_exchange(org, svc), naming.dead_letter_key(queue))
+    owner = words[1] if subscriber else svc
+    return Route(queue, naming.retry_exchange(org, owner), naming.retry_key(queue),
+                 naming.dead_letter_exchange(org, owner), naming.dead_letter_key(queue))

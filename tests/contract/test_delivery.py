@@ -110,16 +110,27 @@ def test_a_handler_publishes_from_inside_a_handler(yard: Yard, is_async: bool) -
     yard.recorder.assert_nothing_dead_lettered()
 
 
-def test_an_unroutable_command_raises_only_without_a_store(yard: Yard) -> None:
-    yard.configure([], store=False)
-    with pytest.raises(UnroutableError, match=r"command nobody\.listens .* reached no queue"):
-        yard.command_bus().dispatch(NobodyListens())
-    yard.event_bus().publish(UserCreated(user_id=Uuid.v4()))  # an unroutable event is only logged
+def test_an_unroutable_command_raises_with_or_without_a_store(yard: Yard) -> None:
+    for store in (False, True):
+        yard.configure([], store=store)
+        with pytest.raises(UnroutableError, match=r"command nobody\.listens .* reached no queue"):
+            yard.command_bus().dispatch(NobodyListens())
+    yard.event_bus().publish(UserCreated(user_id=Uuid.v4()))  # the store keeps every event
+    yard.wait_until(lambda: yard.queue_counts(yard.store_queue)[yard.store_queue] == 1)
 
 
-def test_the_store_binds_every_command(yard: Yard) -> None:
-    yard.configure([])
-    yard.command_bus().dispatch(NobodyListens())
+def test_the_store_sees_every_command_that_has_a_subscriber(yard: Yard) -> None:
+    runs = Runs()
+    yard.configure([MessageSubscriber.from_message(PersistUser, [recording(runs, "persist")])])
+    yard.command_bus().dispatch(PersistUser(user_id=Uuid.v4()))
+    queue = yard.queue_of(PersistUser, recording(runs, "persist"))
+    yard.wait_until(lambda: yard.queue_counts(yard.store_queue, queue) ==
+                    {yard.store_queue: 1, queue: 1})
+
+
+def test_the_petisco_layout_stores_every_command_as_petisco_does(yard: Yard) -> None:
+    yard.configure([], layout="petisco")
+    yard.command_bus().dispatch(NobodyListens())  # caught by the store: no UnroutableError
     yard.wait_until(lambda: yard.queue_counts(yard.store_queue)[yard.store_queue] == 1)
 
 

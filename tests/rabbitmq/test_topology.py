@@ -65,8 +65,8 @@ def test_declares_every_exchange_queue_argument_and_binding(app: RabbitApp) -> N
         f"dead_letter.{q_command}": {"durable": True},
         store: {"x-dead-letter-exchange": f"dead_letter.{o}.store",
                 "x-dead-letter-routing-key": f"dead_letter.{store}", "durable": True},
-        f"retry.{store}": {"x-message-ttl": 200, "x-dead-letter-exchange": s,
-                           "x-dead-letter-routing-key": f"retry.{store}", "durable": True},
+        f"retry.{store}": {"x-message-ttl": 200, "x-dead-letter-exchange": f"retry.{o}.store",
+                           "x-dead-letter-routing-key": store, "durable": True},
         f"dead_letter.{store}": {"durable": True},
     }
     assert held.bindings(o) == {
@@ -79,8 +79,8 @@ def test_declares_every_exchange_queue_argument_and_binding(app: RabbitApp) -> N
         (f"retry.{s}", f"retry.{q_command}", f"retry.{q_command}"),
         (f"dead_letter.{s}", f"dead_letter.{q_command}", f"dead_letter.{q_command}"),
         (s, store, "*.*.*.event.*"),
-        (s, store, "*.*.*.command.*"),
-        (s, store, f"retry.{store}"),
+        (s, store, f"{s}.1.command.persist_user"),
+        (f"retry.{o}.store", store, store),
         (f"retry.{o}.store", f"retry.{store}", f"retry.{store}"),
         (f"dead_letter.{o}.store", f"dead_letter.{store}", f"dead_letter.{store}"),
     }

@@ -69,8 +69,9 @@ def test_full_topology() -> None:
         f"dead_letter.{PERSIST_Q}": {},
         "store": {"x-dead-letter-exchange": "dead_letter.acme.store",
                   "x-dead-letter-routing-key": "dead_letter.store"},
-        "retry.store": {"x-message-ttl": 5000, "x-dead-letter-exchange": "acme.registration",
-                        "x-dead-letter-routing-key": "retry.store"},
+        # The store's arguments name the organisation only: every service of acme shares it.
+        "retry.store": {"x-message-ttl": 5000, "x-dead-letter-exchange": "retry.acme.store",
+                        "x-dead-letter-routing-key": "store"},
         "dead_letter.store": {},
     }
     assert set(topology.bindings) == {
@@ -84,8 +85,9 @@ def test_full_topology() -> None:
         BindingSpec("dead_letter.acme.registration", f"dead_letter.{PERSIST_Q}",
                     f"dead_letter.{PERSIST_Q}"),
         BindingSpec("acme.registration", "store", "*.*.*.event.*"),
-        BindingSpec("acme.registration", "store", "*.*.*.command.*"),
-        BindingSpec("acme.registration", "store", "retry.store"),
+        # commands reach the store only through a subscriber: one nobody handles is unroutable
+        BindingSpec("acme.registration", "store", "acme.registration.1.command.persist_user"),
+        BindingSpec("retry.acme.store", "store", "store"),
         BindingSpec("retry.acme.store", "retry.store", "retry.store"),
         BindingSpec("dead_letter.acme.store", "dead_letter.store", "dead_letter.store"),
     }
@@ -132,3 +134,95 @@ def test_class_subscriber_queue_is_named_after_the_class() -> None:
 
     [subscription] = subscriptions_of([SendMailOnUserCreated()])
     assert subscription.handler_name == "send_mail_on_user_created"
+
+
+def test_store_is_the_same_for_every_service_of_an_organisation() -> None:
+    store = MessageSubscriber.all_messages([store_handler])
+    specs = [build_topology("acme", svc, subscriptions_of([store])) for svc in ("shop", "billing")]
+    store_queues = [{q.name: dict(q.arguments) for q in t.queues if "store" in q.name} for t in specs]
+    assert store_queues[0] == store_queues[1]
+    assert {b for b in specs[1].bindings if b.queue == "store"} == {
+        BindingSpec("acme.billing", "store", "*.*.*.event.*"),
+        BindingSpec("retry.acme.store", "store", "store")}
+
+
+def test_each_store_handler_has_a_queue_and_retry_budget_of_its_own() -> None:
+    def archive(message: object) -> None:
+        return None
+
+    subs = subscriptions_of([MessageSubscriber.all_messages([store_handler, archive])])
+    topology = build_topology("acme", "registration", subs)
+    assert [(s.handler_name, s.store_suffix) for s in subs] == [("store_handler", ""),
+                                                                 ("archive", "archive")]
+    assert topology.store_queues == ("store", "store.archive")
+    assert dict(topology.queue("store.archive").arguments) == {
+        "x-dead-letter-exchange": "dead_letter.acme.store",
+        "x-dead-letter-routing-key": "dead_letter.store.archive"}
+    assert dict(topology.queue("retry.store.archive").arguments) == {
+        "x-message-ttl": 5000, "x-dead-letter-exchange": "retry.acme.store",
+        "x-dead-letter-routing-key": "store.archive"}
+    assert {b for b in topology.bindings if "archive" in b.queue} == {
+        BindingSpec("acme.registration", "store.archive", "*.*.*.event.*"),
+        BindingSpec("retry.acme.store", "store.archive", "store.archive"),
+        BindingSpec("retry.acme.store", "retry.store.archive", "retry.store.archive"),
+        BindingSpec("dead_letter.acme.store", "dead_letter.store.archive",
+                    "dead_letter.store.archive")}
+    route = route_of("acme", "registration", "store.archive")
+    assert (route.retry_exchange, route.retry_key, route.dead_letter_exchange,
+            route.dead_letter_key) == ("retry.acme.store", "retry.store.archive",
+                                       "dead_letter.acme.store", "dead_letter.store.archive")
+
+
+def test_a_subscriber_to_another_services_message_gets_that_services_queues() -> None:
+    def charge(event: UserCreated) -> None:
+        return None
+
+    sub = MessageSubscriber.from_message(UserCreated, [charge], publisher="registration")
+    topology = build_topology("acme", "billing", subscriptions_of([sub]))
+    queue = "acme.registration.1.event.user_created.charge"
+    assert {e.name for e in topology.exchanges} >= {
+        "acme.billing", "acme.registration", "retry.acme.registration",
+        "dead_letter.acme.registration"}
+    assert dict(topology.queue(queue).arguments) == {
+        "x-dead-letter-exchange": "dead_letter.acme.registration",
+        "x-dead-letter-routing-key": f"dead_letter.{queue}"}
+    assert dict(topology.queue(f"retry.{queue}").arguments)["x-dead-letter-exchange"] == \
+        "acme.registration"
+    assert BindingSpec("acme.registration", queue, "acme.registration.1.event.user_created") in \
+        topology.bindings
+    assert BindingSpec("acme.registration", "store", "*.*.*.event.*") in topology.bindings
+    route = route_of("acme", "billing", queue)
+    assert (route.retry_exchange, route.dead_letter_exchange) == (
+        "retry.acme.registration", "dead_letter.acme.registration")
+
+
+def test_petisco_preset_declares_what_petisco_declares() -> None:
+    options = TopologyOptions.petisco()
+    topology = build_topology("acme", "registration", subscriptions_of(SUBSCRIBERS), options)
+    assert dict(topology.queue(MAIL_Q).arguments) == {
+        "x-dead-letter-exchange": "dead_letter.acme.registration",
+        "x-dead-letter-routing-key": f"dead_letter.{MAIL_Q}", "x-message-ttl": 5000}
+    assert dict(topology.queue("store").arguments) == {
+        "x-dead-letter-exchange": "dead_letter.acme.store",
+        "x-dead-letter-routing-key": "dead_letter.store", "x-message-ttl": 5000}
+    assert dict(topology.queue("retry.store").arguments) == {
+        "x-dead-letter-exchange": "retry.acme.store", "x-dead-letter-routing-key": "store",
+        "x-message-ttl": 5000}
+    store_bindings = {b for b in topology.bindings if b.queue.endswith("store")}
+    assert store_bindings == {
+        BindingSpec("acme.registration", "store", key) for key in
+        ("*.*.*.event.*", "*.*.*.command.*", "retry.store", "store")} | {
+        BindingSpec("retry.acme.store", "store", key) for key in
+        ("*.*.*.event.*", "*.*.*.command.*", "store")} | {
+        BindingSpec("retry.acme.store", "retry.store", "retry.store"),
+        BindingSpec("dead_letter.acme.store", "dead_letter.store", "dead_letter.store")} | {
+        BindingSpec("dead_letter.acme.registration", "dead_letter.store", key) for key in
+        ("dead_letter.*.*.*.event.*", "dead_letter.*.*.*.command.*", "dead_letter.store")}
+    assert TopologyOptions.petisco(retry_ttl_ms=100).retry_ttl_ms == 100
+
+
+def test_a_store_mismatch_names_the_fix() -> None:
+    topology = build_topology("acme", "registration", [])
+    assert "store_queue=" in topology.mismatch_hint("retry.store")
+    assert "topology verify" in topology.mismatch_hint("store")
+    assert topology.mismatch_hint(MAIL_Q) == ""

@@ -68,7 +68,8 @@ class BrokerState:
                     raise TopologyMismatchError(
                         f"queue {qspec.name!r} exists with other arguments ({'; '.join(differences)}); "
                         "declare it with the arguments it has (same retry TTL and queue type), or "
-                        "delete the queue (its messages are lost) and configure again")
+                        "delete the queue (its messages are lost) and configure again."
+                        + topology.mismatch_hint(qspec.name))
             for spec in topology.exchanges:
                 self.exchanges.setdefault(spec.name, Exchange(spec.name, spec.type, spec.durable))
             for qspec in topology.queues:

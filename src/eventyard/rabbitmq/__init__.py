@@ -104,12 +104,13 @@ class RabbitMqMessageConsumer(MessageConsumer):
     def __init__(self, connector: RabbitMqConnector, organization: str, service: str,
                  max_retries: int = 5, *, chaos: EventChaos | None = None,
                  settings: ConsumerSettings | None = None, prefetch: int | None = None,
-                 concurrency: int | None = None, observers: Sequence[Observer] = ()) -> None:
+                 concurrency: int | None = None, observers: Sequence[Observer] = (),
+                 options: TopologyOptions | None = None) -> None:
         if settings is None and prefetch is None:
             prefetch = connector.settings.prefetch_count
         super().__init__(connector, organization, service, max_retries, chaos=chaos,
                          settings=settings, prefetch=prefetch, concurrency=concurrency,
-                         observers=observers)
+                         observers=observers, options=options)
 
 
 class AsyncRabbitMqDomainEventBus(AsyncDomainEventBus):
@@ -132,8 +133,9 @@ class AsyncRabbitMqMessageConsumer(AsyncMessageConsumer):
     def __init__(self, connector: RabbitMqConnector, organization: str, service: str,
                  max_retries: int = 5, *, chaos: EventChaos | None = None,
                  settings: ConsumerSettings | None = None,
-                 observers: Sequence[Observer] = ()) -> None:
+                 observers: Sequence[Observer] = (),
+                 options: TopologyOptions | None = None) -> None:
         super().__init__(connector.consumer_transport, organization, service, max_retries,
                          settings=settings or ConsumerSettings(
                              prefetch=connector.settings.prefetch_count),
-                         chaos=chaos, observers=observers)
+                         chaos=chaos, observers=observers, options=options)

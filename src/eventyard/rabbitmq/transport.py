@@ -143,14 +143,14 @@ class RabbitMqTransport:
 
     async def _declare_on(self, connection: AbstractConnection, topology: Topology) -> None:
         channel = await connection.channel(publisher_confirms=False)
-        what = ""
+        what = hint = ""
         try:
             for exchange in topology.exchanges:
                 what = f"exchange {exchange.name!r}"
                 await channel.exchange_declare(exchange.name, exchange_type=exchange.type,
                                                durable=exchange.durable)
             for queue in topology.queues:
-                what = f"queue {queue.name!r}"
+                what, hint = f"queue {queue.name!r}", topology.mismatch_hint(queue.name)
                 await channel.queue_declare(queue.name, durable=queue.durable,
                                             arguments=dict(queue.arguments))
             for binding in topology.bindings:
@@ -161,7 +161,7 @@ class RabbitMqTransport:
             raise TopologyMismatchError(
                 f"{what} already exists with other settings: {reply_text(error)}. eventyard never "
                 "deletes it for you: declare it with the same options (retry TTL, queue type, "
-                "TTL), or move its messages away and delete it, then configure again."
+                "TTL), or move its messages away and delete it, then configure again." + hint
             ) from None
         except amqp_errors.ChannelAccessRefused as error:
             raise ConfigurationError(f"not allowed to declare {what}: {reply_text(error)}") from None
