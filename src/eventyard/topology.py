@@ -94,6 +94,29 @@ class Topology:
             "to move it."
         )
 
+    def store_migration(self, name: str, reply: str) -> str:
+        """Steps to move a store queue declared by an older eventyard layout ('' if not one).
+
+        Before the store was per organisation, ``retry.<store>`` dead-lettered to the exchange
+        of the service that declared it; ``reply`` is the broker's account of the difference.
+        """
+        old = [s for s in self.store_queues if name == naming.retry_queue(s)]
+        if not old or f"current is '{self.organization}." not in reply:
+            return ""
+        store, retry = old[0], name
+        return (
+            f"{retry!r} was declared by an older eventyard, when the store's retry queue "
+            "dead-lettered to a service's exchange. To move it: (1) stop the consumers of "
+            f"{store!r} in every service of {self.organization!r}; (2) wait until {retry!r} is "
+            "empty (its messages return to the store within the retry TTL); (3) delete "
+            f"{retry!r} (e.g. `rabbitmqctl delete_queue {retry} -p <vhost>`); {store!r} and "
+            f"its dead-letter queue keep their messages and arguments; (4) configure again and "
+            "start the consumers. Then remove the store's old bindings to each service's "
+            f"exchange with the keys {naming.retry_key(store)!r} and '*.*.*.command.*' (the "
+            "management UI or rabbitmqadmin): while the latter stays, a command nobody handles "
+            "is kept by the store instead of raising UnroutableError."
+        )
+
 
 Layout = Literal["eventyard", "petisco"]
 PETISCO_MAIN_QUEUE_TTL_MS = 5000

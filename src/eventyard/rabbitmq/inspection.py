@@ -9,6 +9,7 @@ reported as not checked rather than guessed.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -148,6 +149,10 @@ async def verify_topology(connection: AbstractConnection, topology: Topology) ->
             differences.append(found)
     for queue in topology.queues:
         found = await _check_queue(connection, queue)
+        if found is not None and found.problem == "mismatch":
+            advice = (topology.store_migration(queue.name, found.detail)
+                      or topology.mismatch_hint(queue.name).strip())
+            found = dataclasses.replace(found, detail=f"{found.detail}. {advice}".rstrip(". "))
         if found is not None:
             differences.append(found)
     logger.debug("verified %d exchanges and %d queues: %d differences",
