@@ -111,3 +111,21 @@ def test_a_poison_body_is_dead_lettered_with_its_reason_and_consuming_goes_on(ya
     assert int(letter.headers[REDELIVERY_COUNT]) == 0  # never retried
     assert len(yard.recorder.poison()) == 1
     assert runs.count("send_mail_handler") == 1
+
+
+def test_store_handlers_have_queues_and_retry_budgets_of_their_own(yard: Yard) -> None:
+    runs = Runs()
+    store = MessageSubscriber.all_messages([recording(runs, "keep"), failing(runs, "archive")])
+    yard.configure([store])
+    yard.consumer([store], max_retries=1)
+    event = UserCreated(user_id=Uuid.v4())
+    yard.event_bus().publish(event)
+    archive = f"{yard.store_queue}.archive"
+    yard.wait_until(lambda: yard.queue_counts(f"dead_letter.{archive}")[f"dead_letter.{archive}"] == 1)
+    yard.settle()
+
+    assert runs.count("keep") == 1  # never run again for the other handler's retries
+    assert runs.count("archive") == 2  # its own budget: one run and one retry
+    [dead] = yard.messages_in(f"dead_letter.{archive}")
+    assert dead.headers[FAILURE_QUEUE] == archive
+    assert yard.queue_counts(f"dead_letter.{yard.store_queue}") == {f"dead_letter.{yard.store_queue}": 0}
