@@ -27,6 +27,9 @@ from eventyard.publishing import AsyncCommandBus, AsyncDomainEventBus
 from eventyard.subscribers import MessageSubscriber
 from eventyard.topology import TopologyOptions
 
+# The seed annotates handlers with ``Event``, petisco's name for the base of domain events.
+Event = DomainEvent
+
 __all__ = [
     "AsyncCommandBus",
     "AsyncDomainEventBus",
@@ -40,6 +43,7 @@ __all__ = [
     "ConsumerSettings",
     "DomainEvent",
     "DomainEventBus",
+    "Event",
     "EventChaos",
     "EventyardError",
     "InfoId",

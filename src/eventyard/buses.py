@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from eventyard.chaos import EventChaos
 from eventyard.consuming import AsyncMessageConsumer, ConsumerSettings, Observer
-from eventyard.engine import LoopThread
+from eventyard.engine import LoopThread, script_hold
 from eventyard.errors import ConfigurationError
 from eventyard.messages import Command, DomainEvent
 from eventyard.ports import Consumption, DeliveryCallback, OutgoingMessage, Transport
@@ -24,6 +24,7 @@ from eventyard.subscribers import MessageSubscriber, subscriptions_of
 from eventyard.topology import Topology, TopologyOptions, build_topology
 
 BROKER_ENV = "EVENTYARD_MESSAGE_BROKER"
+PETISCO_BROKER_ENV = "PETISCO_EVENT_MESSAGE_BROKER"  # the seed's spelling of the trick
 BROKER_KINDS = ("rabbitmq", "memory", "notimplemented")
 
 
@@ -137,19 +138,37 @@ class MessageConsumer:
         """Be told what the consumer does with each delivery (on the engine's thread)."""
         self.engine.add_observer(observer)
 
+    @property
+    def is_running(self) -> bool:
+        """True between ``start()`` and ``stop()``."""
+        return self.engine.is_running
+
     def start(self) -> None:
-        """Start consuming in the background; return once consuming has begun."""
+        """Start consuming in the background; return once consuming has begun.
+
+        Started on the main thread, the consumer keeps the process alive after the script's
+        last line, like petisco's, until SIGINT/SIGTERM or ``stop()`` from any thread, which
+        drain gracefully; then the script exits with its status. Not on other threads, after an
+        uncaught exception, nor under pytest (details: ``eventyard.engine.ScriptHold``).
+        """
         self.connector.loop_thread.run(self.engine.start())
+        script_hold.hold(self)
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop taking messages and let running handlers finish (bounded by ``timeout``)."""
-        self.connector.loop_thread.run(self.engine.stop(timeout))
+        try:
+            self.connector.loop_thread.run(self.engine.stop(timeout))
+        finally:
+            script_hold.release(self)
 
     def run(self) -> None:
         """Consume until SIGINT/SIGTERM, then stop gracefully (for scripts and the CLI)."""
         import asyncio
 
-        asyncio.run(self._run_in_foreground())
+        try:
+            asyncio.run(self._run_in_foreground())
+        finally:
+            script_hold.release(self)
 
     async def _run_in_foreground(self) -> None:
         # Signals can only be caught on the main thread's loop: wait here, consume there.
@@ -172,7 +191,9 @@ class _NullConsumption:
         return None
 
 
-class _NullTransport:
+class NullTransport:
+    """A transport that declares, publishes and consumes nothing (``notimplemented``)."""
+
     async def declare(self, topology: Topology) -> None:
         return None
 
@@ -195,7 +216,7 @@ class NotImplementedBroker:
 
     def __init__(self) -> None:
         self._loop_thread = LoopThread("eventyard-null")
-        self._transport = _NullTransport()
+        self._transport = NullTransport()
 
     @property
     def loop_thread(self) -> LoopThread:
@@ -212,12 +233,20 @@ class NotImplementedBroker:
 
 
 def broker_kind(environ: Mapping[str, str] | None = None) -> str:
-    """The broker named by ``EVENTYARD_MESSAGE_BROKER`` (default ``rabbitmq``), validated."""
+    """The broker named by ``EVENTYARD_MESSAGE_BROKER`` (default ``rabbitmq``), validated.
+
+    The seed's ``PETISCO_EVENT_MESSAGE_BROKER`` is read when the first is unset or empty.
+    """
     env = os.environ if environ is None else environ
-    kind = env.get(BROKER_ENV, "rabbitmq").strip().lower() or "rabbitmq"
+    for variable in (BROKER_ENV, PETISCO_BROKER_ENV):
+        kind = env.get(variable, "").strip().lower()
+        if kind:
+            break
+    else:
+        return "rabbitmq"
     if kind not in BROKER_KINDS:
         raise ConfigurationError(
-            f"{BROKER_ENV}={kind!r} is not a broker: use one of {', '.join(BROKER_KINDS)}"
+            f"{variable}={kind!r} is not a broker: use one of {', '.join(BROKER_KINDS)}"
         )
     return kind
 

@@ -1,28 +1,30 @@
-"""The seed document's code snippets, as written (``petisco`` renamed), on a real broker.
+"""The seed document's code snippets, each run as a script of its own with ``petisco`` renamed.
 
-They run in order in one namespace, as a reader runs them, on a throwaway RabbitMQ node: the
-snippets use the organisations ``acme`` and ``alice`` and the shared ``store`` queue, names that
-must not touch the shared test broker. The consume snippet is compiled with postponed annotations
-because it annotates its handler with ``Event``, a name the seed never defines or imports.
+A snippet's script is the snippet as written, preceded only by what it uses from an earlier one
+(the ``UserCreated`` definition). The consume snippet also annotates its handler with ``Event``,
+which the seed never imports: its script imports it from ``eventyard``, the one line a reader
+adds. (Trailing spaces after two lines of the seed are dropped.) The snippets hardcode
+``acme``/``alice`` and the ``store`` queue, so each test runs them in a vhost of its own on the
+test broker and deletes the vhost afterwards.
 """
 
 from __future__ import annotations
-import __future__
 
-import os
-import textwrap
+import signal
+import socket
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from eventyard import ConsumerEvent, InfoId
-from support.rabbitnode import ThrowawayNode
+from eventyard import InfoId
+from support.broker import RabbitBroker
+from support.scripts import Script, run_script
+from support.vhost import PrivateVhost, clean_env
 from support.waiting import wait_until
 
-pytestmark = [pytest.mark.rabbitmq, pytest.mark.fault]
-
-CREATE_A_DOMAIN_EVENT = """
+CREATE_A_DOMAIN_EVENT = """\
 from eventyard import DomainEvent, Uuid
 
 class UserCreated(DomainEvent):
@@ -31,9 +33,9 @@ class UserCreated(DomainEvent):
 domain_event = UserCreated(user_id=Uuid.v4())
 """
 
-CONFIGURE_RABBITMQ = """
+CONFIGURE_RABBITMQ = """\
 from eventyard import DomainEvent, MessageSubscriber
-from eventyard.rabbitmq import RabbitMqConnector, RabbitMqMessageConfigurer
+from eventyard.extra.rabbitmq import RabbitMqConnector, RabbitMqMessageConfigurer
 from meiga import Result, Error, isSuccess, isFailure
 
 def send_mail_handler(domain_event: DomainEvent) -> Result[bool, Error]:
@@ -52,9 +54,9 @@ configurer = RabbitMqMessageConfigurer(connector, organization, service)
 configurer.configure_subscribers(subscribers)
 """
 
-START_CONSUMING = """
+START_CONSUMING = """\
 from eventyard import MessageSubscriber
-from eventyard.rabbitmq import RabbitMqConnector, RabbitMqMessageConsumer
+from eventyard.extra.rabbitmq import RabbitMqConnector, RabbitMqMessageConsumer
 from meiga import Result, Error, isSuccess, isFailure
 
 
@@ -70,7 +72,7 @@ subscribers = [MessageSubscriber.from_message(domain_event, [send_mail_handler])
 # Define RabbitMQ Consumer and start
 
 organization = "alice"
-service = "petisco"
+service = "eventyard"
 max_retries = 5
 connector = RabbitMqConnector()
 consumer = RabbitMqMessageConsumer(connector, organization, service, max_retries)
@@ -78,12 +80,12 @@ consumer.add_subscribers(subscribers)
 consumer.start()
 """
 
-PUBLISH = """
-from eventyard.rabbitmq import RabbitMqConnector, RabbitMqDomainEventBus
+PUBLISH = """\
+from eventyard.extra.rabbitmq import RabbitMqConnector, RabbitMqDomainEventBus
 
 connector = RabbitMqConnector()
 organization = "alice"
-service = "petisco"
+service = "eventyard"
 bus = RabbitMqDomainEventBus(connector, organization, service)
 
 domain_event = UserCreated(user_id=Uuid.v4())
@@ -91,54 +93,117 @@ domain_event = UserCreated(user_id=Uuid.v4())
 bus.publish(domain_event)
 """
 
-TRICKS = """
+TRICKS = """\
 user_created = UserCreated(user_id, name).add_info_id(info_id)
 """
 
+IMPORT_EVENT = "from eventyard import Event\n"
+MAIL_QUEUE = "alice.eventyard.1.event.user_created.send_mail_handler"
 
-def run(snippet: str, namespace: dict[str, Any], *, postponed_annotations: bool = False) -> None:
-    flags = __future__.annotations.compiler_flag if postponed_annotations else 0
-    code = compile(textwrap.dedent(snippet), "<seed snippet>", "exec", flags=flags, dont_inherit=True)
-    exec(code, namespace)
+
+def script(tmp_path: Path, name: str, *parts: str) -> Path:
+    path = tmp_path / f"{name}.py"
+    path.write_text("\n".join(parts))
+    return path
 
 
 @pytest.fixture
-def seed_broker(throwaway_node: ThrowawayNode) -> Iterator[ThrowawayNode]:
-    """The seed's RabbitMqConnector() reads RABBITMQ_HOST/PORT: point them at the node."""
-    saved = {k: os.environ.get(k) for k in ("RABBITMQ_HOST", "RABBITMQ_PORT")}
-    os.environ.update(RABBITMQ_HOST="127.0.0.1", RABBITMQ_PORT=str(throwaway_node.port))
+def vhost(rabbit: RabbitBroker) -> Iterator[PrivateVhost]:
+    created = PrivateVhost(rabbit).create()
     try:
-        yield throwaway_node
+        yield created
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        created.delete()
 
 
-def test_the_seeds_snippets_run_in_order_and_the_event_is_handled(seed_broker: ThrowawayNode) -> None:
-    namespace: dict[str, Any] = {}
-    run(CREATE_A_DOMAIN_EVENT, namespace)
-    run(CONFIGURE_RABBITMQ, namespace)
-    configure_connector = namespace["connector"]
-    run(START_CONSUMING, namespace, postponed_annotations=True)
-    consumer, consume_connector = namespace["consumer"], namespace["connector"]
-    events: list[ConsumerEvent] = []
-    consumer.add_observer(events.append)
+def test_the_domain_event_snippet_runs(tmp_path: Path) -> None:
+    result = run_script(script(tmp_path, "event", CREATE_A_DOMAIN_EVENT), clean_env())
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.rabbitmq
+def test_the_configure_snippet_declares_the_seeds_topology(tmp_path: Path, vhost: PrivateVhost) -> None:
+    result = run_script(script(tmp_path, "configure", CREATE_A_DOMAIN_EVENT, CONFIGURE_RABBITMQ),
+                        vhost.env())
+
+    assert result.returncode == 0, result.stderr
+    queue = "acme.registration.1.event.user_created.send_mail_handler"
+    assert {queue, f"retry.{queue}", f"dead_letter.{queue}", "store"} <= set(vhost.inspector.queues())
+    assert ("acme.registration", queue, "acme.registration.1.event.user_created") in (
+        vhost.inspector.bindings(queue))
+
+
+@pytest.mark.rabbitmq
+@pytest.mark.parametrize("stop_with", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_the_consume_snippet_consumes_until_a_signal_then_exits_0(
+        tmp_path: Path, vhost: PrivateVhost, stop_with: signal.Signals) -> None:
+    consume = script(tmp_path, "consume", CREATE_A_DOMAIN_EVENT, IMPORT_EVENT, START_CONSUMING)
+    publish = script(tmp_path, "publish", CREATE_A_DOMAIN_EVENT, PUBLISH)
+    consumer = Script(consume, vhost.env())
     try:
-        run(PUBLISH, namespace)
-        published = namespace["domain_event"]
-        wait_until(lambda: [(e.kind, e.message_id) for e in events]
-                   == [("handled", published.get_message_id())], what="the seed's event handled")
+        consumer.wait_held()
+        assert vhost.queue_state(MAIL_QUEUE) == (0, 1)  # declared by the snippet, one consumer
+        observer = vhost.observe("alice.eventyard", "alice.eventyard.1.event.user_created")
+
+        published = run_script(publish, vhost.env())
+
+        assert published.returncode == 0, published.stderr
+        wait_until(lambda: vhost.queue_state(observer) == (1, 0), what="the event routed")
+        wait_until(lambda: vhost.messages(MAIL_QUEUE) == {
+            "name": MAIL_QUEUE, "messages_ready": 0, "messages_unacknowledged": 0, "consumers": 1},
+            timeout=20, what="the consumer to take and ack the event")
+        consumer.process.send_signal(stop_with)
+        assert consumer.finish(15) == 0, consumer.output()
     finally:
-        consumer.stop()
-        for connector in (configure_connector, consume_connector, namespace["connector"]):
-            connector.close()
-    queues = seed_broker.ctl("list_queues", "name", "-q").split()
-    assert "acme.registration.1.event.user_created.send_mail_handler" in queues
-    assert "alice.petisco.1.event.user_created.send_mail_handler" in queues
-    assert "store" in queues
+        consumer.kill()
+    # Acked, not retried or parked; and with no consumer left the next event stays queued.
+    assert vhost.queue_state(f"retry.{MAIL_QUEUE}") == (0, 0)
+    assert vhost.queue_state(f"dead_letter.{MAIL_QUEUE}") == (0, 0)
+    assert run_script(publish, vhost.env()).returncode == 0
+    assert vhost.queue_state(MAIL_QUEUE) == (1, 0)
+
+
+@pytest.fixture
+def unanswered() -> Iterator[socket.socket]:
+    """A port that listens and never answers: a connection attempt waits there to be counted."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        listener.setblocking(False)
+        yield listener
+
+
+def attempts(listener: socket.socket) -> int:
+    count = 0
+    while True:
+        try:
+            connection, _ = listener.accept()
+        except BlockingIOError:
+            return count
+        connection.close()
+        count += 1
+
+
+@pytest.mark.parametrize("variable", ["EVENTYARD_MESSAGE_BROKER", "PETISCO_EVENT_MESSAGE_BROKER"])
+def test_notimplemented_makes_the_seeds_scripts_publish_nowhere_and_never_connect(
+        tmp_path: Path, unanswered: socket.socket, variable: str) -> None:
+    port = unanswered.getsockname()[1]
+    env = clean_env(RABBITMQ_HOST="127.0.0.1", RABBITMQ_PORT=str(port), **{variable: "notimplemented"})
+    for name, snippet in (("configure", CONFIGURE_RABBITMQ), ("publish", PUBLISH)):
+        result = run_script(script(tmp_path, name, CREATE_A_DOMAIN_EVENT, snippet), env)
+        assert result.returncode == 0, result.stderr
+        assert result.stderr.splitlines() == [
+            f"the message broker is notimplemented: RabbitMqConnector('amqp://guest@127.0.0.1:{port}/') "
+            "publishes nowhere and never connects"]
+    consumer = Script(script(tmp_path, "consume", CREATE_A_DOMAIN_EVENT, IMPORT_EVENT, START_CONSUMING),
+                      env)
+    try:
+        consumer.wait_held()  # a consumer of nothing still runs until it is stopped
+        consumer.process.send_signal(signal.SIGTERM)
+        assert consumer.finish(15) == 0, consumer.output()
+    finally:
+        consumer.kill()
+    assert attempts(unanswered) == 0
 
 
 def test_the_tricks_snippet_adds_info_id_to_positional_fields() -> None:
@@ -148,9 +213,9 @@ def test_the_tricks_snippet_adds_info_id_to_positional_fields() -> None:
         user_id: Uuid
         name: str
 
-    namespace = {"UserCreated": UserCreated, "user_id": Uuid.v4(), "name": "ada",
-                 "info_id": InfoId(client_id="acme", correlation_id="c-1")}
-    run(TRICKS, namespace)
+    namespace: dict[str, Any] = {"UserCreated": UserCreated, "user_id": Uuid.v4(), "name": "ada",
+                                 "info_id": InfoId(client_id="acme", correlation_id="c-1")}
+    exec(compile(TRICKS, "<seed snippet>", "exec"), namespace)
     event = namespace["user_created"]
     assert event.name == "ada"
     assert event.get_meta()["info_id"] == {"client_id": "acme", "correlation_id": "c-1"}

@@ -11,10 +11,10 @@ import eventyard
 CURATED = {
     "AsyncCommandBus", "AsyncDomainEventBus", "BrokerConnectionError", "BrokerError",
     "ChaosConfigurationError", "Command", "CommandBus", "ConfigurationError", "ConsumerEvent",
-    "ConsumerSettings", "DomainEvent", "DomainEventBus", "EventChaos", "EventyardError", "InfoId",
-    "Message", "MessageConfigurer", "MessageConsumer", "MessageDecodeError", "MessageSubscriber",
-    "NotImplementedBroker", "PublishNackedError", "SubscriberError", "TopologyMismatchError",
-    "TopologyOptions", "UnroutableError", "Uuid", "broker_from_env",
+    "ConsumerSettings", "DomainEvent", "DomainEventBus", "Event", "EventChaos", "EventyardError",
+    "InfoId", "Message", "MessageConfigurer", "MessageConsumer", "MessageDecodeError",
+    "MessageSubscriber", "NotImplementedBroker", "PublishNackedError", "SubscriberError",
+    "TopologyMismatchError", "TopologyOptions", "UnroutableError", "Uuid", "broker_from_env",
 }
 
 
@@ -23,11 +23,28 @@ def test_all_is_exactly_the_curated_list() -> None:
     assert len(eventyard.__all__) == len(set(eventyard.__all__))
 
 
-@pytest.mark.parametrize("module", ["eventyard", "eventyard.memory", "eventyard.testing"])
+@pytest.mark.parametrize("module", ["eventyard", "eventyard.memory", "eventyard.testing",
+                                    "eventyard.extra.rabbitmq"])
 def test_every_exported_name_exists(module: str) -> None:
     imported = importlib.import_module(module)
     missing = [name for name in imported.__all__ if not hasattr(imported, name)]
     assert missing == []
+
+
+def test_the_seeds_import_path_gives_the_rabbitmq_objects_themselves() -> None:
+    import eventyard.extra.rabbitmq as extra
+    import eventyard.rabbitmq as rabbitmq
+
+    assert extra.__all__ == rabbitmq.__all__
+    assert all(getattr(extra, name) is getattr(rabbitmq, name) for name in rabbitmq.__all__)
+
+
+def test_event_is_the_base_of_domain_events() -> None:
+    # The seed annotates a domain event handler with it: petisco's base class of domain events.
+    from eventyard import Command, DomainEvent, Event
+
+    assert Event is DomainEvent
+    assert not issubclass(Command, Event)
 
 
 def test_memory_names_mirror_the_rabbitmq_ones() -> None:

@@ -46,10 +46,11 @@ def _sent_blocking(connector: RabbitMqConnector, bus: AsyncDomainEventBus | Asyn
                    messages: Message | Sequence[Message]) -> bool:
     """Send one message through the connector's blocking publisher, if it is free.
 
-    False (nothing sent) for a list of several, from the event loop's own thread, or when
-    another thread holds the blocking publisher: the event-loop path takes it then.
+    False (nothing sent) for a list of several, from the event loop's own thread, when
+    another thread holds the blocking publisher (the event-loop path takes it then), or when
+    the connector publishes nowhere.
     """
-    if isinstance(messages, list | tuple) and len(messages) != 1:
+    if connector.publishes_nowhere or (isinstance(messages, list | tuple) and len(messages) != 1):
         return False
     if connector.loop_thread.in_loop_thread():
         return False

@@ -8,14 +8,19 @@ thread; async applications use the connector from their loop and get connections
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import weakref
 from collections.abc import Mapping
 
+from eventyard.buses import NullTransport, broker_kind
 from eventyard.engine import LoopThread
+from eventyard.ports import Transport
 from eventyard.rabbitmq.blocking import BlockingPublisher
 from eventyard.rabbitmq.settings import ConnectionSettings, settings_from
 from eventyard.rabbitmq.transport import RabbitMqTransport
+
+logger = logging.getLogger(__name__)
 
 
 class RabbitMqConnector:
@@ -48,14 +53,23 @@ class RabbitMqConnector:
         self._consumers: weakref.WeakSet[RabbitMqTransport] = weakref.WeakSet()
         self._lock = threading.Lock()
         self.blocking_publisher = BlockingPublisher(self.settings, f"{name}-blocking")
+        # The seed's trick (EVENTYARD_MESSAGE_BROKER or PETISCO_EVENT_MESSAGE_BROKER set to
+        # notimplemented): every bus, configurer and consumer on this connector does nothing.
+        self.publishes_nowhere = broker_kind(environ) == "notimplemented"
+        self._nowhere: Transport = NullTransport()
+        if self.publishes_nowhere:
+            logger.warning("the message broker is notimplemented: %s publishes nowhere and never "
+                           "connects", self)
 
     @property
     def loop_thread(self) -> LoopThread:
         """The event loop the sync API runs on."""
         return self._loop_thread
 
-    async def publisher_transport(self) -> RabbitMqTransport:
+    async def publisher_transport(self) -> Transport:
         """The connection publishers on the running loop share (connected on first use)."""
+        if self.publishes_nowhere:
+            return self._nowhere
         loop = asyncio.get_running_loop()
         transport = self._publishers.get(loop)
         if transport is not None:
@@ -70,8 +84,10 @@ class RabbitMqConnector:
                 self._publishers[loop] = transport
         return transport
 
-    async def consumer_transport(self) -> RabbitMqTransport:
+    async def consumer_transport(self) -> Transport:
         """A new connection for one consumer."""
+        if self.publishes_nowhere:
+            return self._nowhere
         transport = RabbitMqTransport(self.settings, name=f"{self.name}-consumer")
         await transport.connect()
         self._consumers.add(transport)

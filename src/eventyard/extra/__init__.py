@@ -1,0 +1,1 @@
+"""The seed's import paths: ``eventyard.extra.rabbitmq`` is ``eventyard.rabbitmq``."""

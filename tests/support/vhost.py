@@ -1,0 +1,96 @@
+"""A virtual host of a test's own on the test broker, for code whose names a test cannot choose.
+
+The seed's snippets hardcode ``acme``/``alice`` and the ``store`` queue; run in a vhost of their
+own they meet no other test, and deleting the vhost removes everything they declared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import uuid
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import aiormq
+
+from support.broker import Inspector, RabbitBroker
+
+# What a child process must not inherit from the test run: its broker is chosen by the test.
+_ENV_PREFIXES = ("RABBITMQ_", "EVENTYARD_", "PETISCO_")
+
+
+def clean_env(**variables: str) -> dict[str, str]:
+    """This process's environment without broker settings, plus ``variables``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_ENV_PREFIXES)}
+    env.update(variables)
+    return env
+
+
+class PrivateVhost:
+    """``create()`` a vhost on ``broker``, use its ``url``/``env()``, then ``delete()`` it."""
+
+    def __init__(self, broker: RabbitBroker) -> None:
+        self.name = f"t{uuid.uuid4().hex[:10]}"
+        parts = urlsplit(broker.url)
+        self.user = parts.username or "guest"
+        self.url = urlunsplit(parts._replace(path="/" + quote(self.name, safe="")))
+        self._ctl_env = broker.inspector.ctl_env
+        self._nodename = broker.inspector.nodename
+        self.inspector = Inspector(self.url, ctl_env=self._ctl_env, nodename=self._nodename)
+
+    def _ctl(self, *args: str) -> str:
+        command = ["rabbitmqctl", "-q", *(["-n", self._nodename] if self._nodename else []), *args]
+        return subprocess.run(command, env=self._ctl_env, check=True, capture_output=True,
+                              text=True, timeout=60).stdout
+
+    def create(self) -> PrivateVhost:
+        self._ctl("add_vhost", self.name)
+        self._ctl("set_permissions", "-p", self.name, self.user, ".*", ".*", ".*")
+        return self
+
+    def delete(self) -> None:
+        self._ctl("delete_vhost", self.name)
+
+    def env(self) -> dict[str, str]:
+        """This process's environment with RabbitMQ at this vhost."""
+        return clean_env(RABBITMQ_URL=self.url)
+
+    def queue_state(self, queue: str) -> tuple[int, int] | None:
+        """(ready messages, consumers) of ``queue`` by a passive declare; None if it is missing."""
+        return asyncio.run(self._queue_state(queue))
+
+    async def _queue_state(self, queue: str) -> tuple[int, int] | None:
+        connection = await aiormq.connect(self.url)
+        try:
+            channel = await connection.channel()
+            try:
+                ok = await channel.queue_declare(queue, passive=True)
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                return None
+            return int(ok.message_count or 0), int(ok.consumer_count or 0)
+        finally:
+            await connection.close()
+
+    def observe(self, exchange: str, routing_key: str) -> str:
+        """Bind a queue of the test's own to ``exchange``; return its name."""
+        name = f"observer.{uuid.uuid4().hex[:8]}"
+        asyncio.run(self._observe(name, exchange, routing_key))
+        return name
+
+    async def _observe(self, name: str, exchange: str, routing_key: str) -> None:
+        connection = await aiormq.connect(self.url)
+        try:
+            channel = await connection.channel()
+            await channel.queue_declare(name)
+            await channel.queue_bind(name, exchange, routing_key=routing_key)
+        finally:
+            await connection.close()
+
+    def messages(self, queue: str) -> dict[str, Any]:
+        """Ready and unacknowledged messages and consumers of ``queue``, as the broker counts them."""
+        rows = json.loads(self._ctl("list_queues", "-p", self.name, "name", "messages_ready",
+                                    "messages_unacknowledged", "consumers", "--formatter", "json"))
+        return dict(next(r for r in rows if r["name"] == queue))
