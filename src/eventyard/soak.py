@@ -5,6 +5,13 @@
 them with simulated nacks and failures, drops the consumer's connection a few times, waits until
 the broker is quiet, and counts by message id per subscriber: every published message must end
 up handled or in its dead-letter queue (read from the broker). Works on RabbitMQ and in memory.
+
+With ``services`` above 1 it soaks a fleet: services ``soak1`` to ``soakN`` of the organisation,
+each publishing its own events to its own subscribers and consuming with a consumer of its own
+(own chaos, own connection drops); service k+1 also subscribes to service k's event
+(``publisher=``), and the first service runs the organisation's store, which receives every event
+of every service. The store gets a name of the organisation's own (``store_<org>``), so a soak
+never touches the store of another organisation on a shared vhost.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -28,14 +35,15 @@ from eventyard.errors import ConfigurationError
 from eventyard.messages import DomainEvent
 from eventyard.ports import Transport
 from eventyard.publishing import AsyncDomainEventBus
-from eventyard.subscribers import MessageSubscriber, subscriptions_of
-from eventyard.topology import TopologyOptions, build_topology, subscription_queue
+from eventyard.subscribers import MessageSubscriber, Subscription, subscriptions_of
+from eventyard.topology import Topology, TopologyOptions, build_topology, subscription_queue
 
 logger = logging.getLogger(__name__)
 
 SERVICE = "soak"
 _POLL_SECONDS = 0.2
 _PUBLISH_BATCH = 250
+_STORE_HANDLER = "store_handler"
 
 
 class SoakEvent(DomainEvent):
@@ -75,7 +83,8 @@ class SubscriberReport:
 
     ``handled + dead_lettered - handled_and_dead_lettered + lost + pending == published``:
     at-least-once delivery may run a message again after a dropped ack, so one copy can be
-    handled while another runs out of retries.
+    handled while another runs out of retries. ``service`` consumes the queue; ``publisher``
+    names the service whose event it is when that is another one (None for the store).
     """
 
     queue: str
@@ -92,6 +101,10 @@ class SubscriberReport:
     chaos_nacks: int
     chaos_failures: int
     observed_dead_lettered: int
+    service: str = SERVICE
+    handler: str = ""
+    publisher: str | None = None
+    store: bool = False
 
     @property
     def ok(self) -> bool:
@@ -100,8 +113,44 @@ class SubscriberReport:
 
 
 @dataclass(frozen=True, slots=True)
+class ServiceReport:
+    """One service of the soak: what it published, and its consumer's subscribers summed up.
+
+    ``emitted`` counts the events the service published; the other counts add up those of the
+    subscribers its consumer runs (its own, the other services' events it follows, the store),
+    so ``published`` is what they should receive, as in ``SubscriberReport``.
+    """
+
+    service: str
+    emitted: int
+    subscribers: int
+    published: int
+    handled: int
+    duplicates: int
+    retried: int
+    dead_lettered: int
+    handled_and_dead_lettered: int
+    lost: int
+    pending: int
+    unexpected: int
+    chaos_nacks: int
+    chaos_failures: int
+    drops_requested: int
+    drops_done: int
+
+    @property
+    def ok(self) -> bool:
+        """Every subscriber of the service accounted for every message."""
+        return self.lost == 0 and self.pending == 0 and self.unexpected == 0
+
+
+@dataclass(frozen=True, slots=True)
 class SoakReport:
-    """The result of a soak; ``ok`` is the verdict."""
+    """The result of a soak; ``ok`` is the verdict.
+
+    ``service`` is the soaked service (``soak``), or the fleet's services joined by commas;
+    ``services`` has one entry per service, ``subscribers`` one per subscriber queue.
+    """
 
     organization: str
     service: str
@@ -114,6 +163,8 @@ class SoakReport:
     seconds: float
     kept: bool
     subscribers: list[SubscriberReport] = field(default_factory=list)
+    services: list[ServiceReport] = field(default_factory=list)
+    store_queue: str | None = None
 
     @property
     def lost(self) -> int:
@@ -129,6 +180,7 @@ class SoakReport:
         """The report as JSON-ready data."""
         data = asdict(self)
         data["subscribers"] = [{**asdict(s), "ok": s.ok} for s in self.subscribers]
+        data["services"] = [{**asdict(s), "ok": s.ok} for s in self.services]
         data["lost"] = self.lost
         data["ok"] = self.ok
         return data
@@ -136,8 +188,13 @@ class SoakReport:
 
 @dataclass(slots=True)
 class _Tally:
-    """What the consumer told us about one queue."""
+    """What the consumer told us about one queue, and which messages it should receive."""
 
+    service: str
+    handler: str
+    publisher: str | None
+    protected: bool
+    store: bool
     published: set[str] = field(default_factory=set)
     handled: Counter[str] = field(default_factory=Counter)
     observed_dead: set[str] = field(default_factory=set)
@@ -145,8 +202,33 @@ class _Tally:
     chaos_nacks: int = 0
     chaos_failures: int = 0
 
+    def receives(self, service: str, protected: bool) -> bool:
+        """True if an event ``service`` publishes (protected or not) comes to this queue."""
+        if self.store:
+            return True
+        return (self.publisher or self.service) == service and self.protected == protected
+
     def settled_by_observers(self) -> bool:
         return self.published <= (self.handled.keys() | self.observed_dead)
+
+
+@dataclass(slots=True)
+class _Service:
+    """One soaked service: its topology, its consumer's chaos and its connection drops."""
+
+    name: str
+    subscribers: list[MessageSubscriber]
+    topology: Topology
+    queues: list[str]
+    chaos: EventChaos
+    drops: ConnectionDrops
+    emitted: int = 0
+    activity: int = 0
+    drops_wanted: int = 0
+    drops_done: int = 0
+    drop_wanted: asyncio.Event = field(default_factory=asyncio.Event)
+    transports: list[Transport] = field(default_factory=list)
+    consumer: AsyncMessageConsumer | None = None
 
 
 def _async_handler(name: str, fail_first_of: Callable[[int], bool] | None = None
@@ -162,6 +244,23 @@ def _async_handler(name: str, fail_first_of: Callable[[int], bool] | None = None
 
     handler.__name__ = handler.__qualname__ = name
     return handler
+
+
+def _subscribers_of(index: int, names: list[str], subscribers: int, protected_count: int
+                    ) -> list[MessageSubscriber]:
+    """Service ``index``'s subscribers: its own, the previous service's event, the store."""
+    subs = [MessageSubscriber.from_message(SoakEvent, [_async_handler(f"soak_handler_{i + 1}")])
+            for i in range(subscribers)]
+    if protected_count:
+        subs.append(MessageSubscriber.from_message(
+            SoakProtectedEvent, [_async_handler("protected_handler", lambda n: n % 10 == 0)]))
+    if len(names) > 1:
+        if index > 0:  # named after the consumer: the queue lives under the publisher's name
+            subs.append(MessageSubscriber.from_message(
+                SoakEvent, [_async_handler(f"cross_{names[index]}")], publisher=names[index - 1]))
+        if index == 0:
+            subs.append(MessageSubscriber.all_messages([_async_handler(_STORE_HANDLER)]))
+    return subs
 
 
 async def run_soak_async(
@@ -182,40 +281,126 @@ async def run_soak_async(
     organization: str | None = None,
     keep: bool = False,
     probe: SoakProbe | None = None,
+    services: int = 1,
 ) -> SoakReport:
     """Run a soak on the running loop; see ``run_soak``."""
     if events < 1 or subscribers < 1:
         raise ConfigurationError("a soak needs at least 1 event and 1 subscriber")
+    if isinstance(services, bool) or not isinstance(services, int) or services < 1:
+        raise ConfigurationError(f"a soak needs at least 1 service, not {services!r}")
     protected_count = max(1, events // 10) if protected_events is None else protected_events
     org = organization or f"soak{uuid.uuid4().hex[:10]}"
     naming.check_word(org, "organization")
     started = time.monotonic()
 
-    subs = [MessageSubscriber.from_message(SoakEvent, [_async_handler(f"soak_handler_{i + 1}")])
-            for i in range(subscribers)]
-    if protected_count:
-        subs.append(MessageSubscriber.from_message(
-            SoakProtectedEvent, [_async_handler("protected_handler", lambda n: n % 10 == 0)]))
-    subscriptions = subscriptions_of(subs)
-    options = TopologyOptions(retry_ttl_ms=retry_ttl_ms, max_retries=max_retries, store=False)
-    topology = build_topology(org, SERVICE, subscriptions, options)
-    queues = {subscription_queue(org, SERVICE, s, options.store_queue): s.message_class is SoakProtectedEvent
-              for s in subscriptions}
-    protected_key = naming.routing_key(org, SERVICE, 1, "event", SoakProtectedEvent.message_name)
-    chaos = EventChaos(nack, delay, failure, [protected_key], seed=seed, environ={})
+    names = [SERVICE] if services == 1 else [f"{SERVICE}{i + 1}" for i in range(services)]
+    # One service keeps today's layout, without a store; a fleet shares one store, named after
+    # the organisation so that it never meets another organisation's `store` on the vhost.
+    store_queue = f"store_{org}" if services > 1 else None
+    options = TopologyOptions(retry_ttl_ms=retry_ttl_ms, max_retries=max_retries,
+                              store=store_queue is not None,
+                              store_queue=store_queue or naming.STORE_QUEUE)
+    protected_keys = [naming.routing_key(org, name, 1, "event", SoakProtectedEvent.message_name)
+                      for name in names]
+    tallies: dict[str, _Tally] = {}
+    fleet: list[_Service] = []
+    for index, name in enumerate(names):
+        subs = _subscribers_of(index, names, subscribers, protected_count)
+        subscriptions = subscriptions_of(subs)
+        queues = []
+        for sub in subscriptions:
+            queue = subscription_queue(org, name, sub, options.store_queue)
+            tallies[queue] = _tally(name, sub)
+            queues.append(queue)
+        expected = sum(_expected(tallies[q], names, events, protected_count) for q in queues)
+        chaos_seed = None if seed is None else seed + index
+        fleet.append(_Service(
+            name, subs, build_topology(org, name, subscriptions, options), queues,
+            EventChaos(nack, delay, failure, protected_keys, seed=chaos_seed, environ={}),
+            ConnectionDrops(drops, expected, seed=chaos_seed)))
 
-    tallies = {queue: _Tally() for queue in queues}
-    total_deliveries = events * subscribers + protected_count
-    schedule = ConnectionDrops(drops, total_deliveries, seed=seed)
-    activity = [0]
-    drops_wanted = [0]
-    drop_wanted = asyncio.Event()
+    probe = probe or await probe_for(backend)
+    publisher = await backend.publisher_transport()
+    declared: list[Topology] = []
+    quiet = False
+    try:
+        for service in fleet:
+            await publisher.declare(service.topology)
+            declared.append(service.topology)
+        for service in fleet:
+            service.consumer = _consumer(backend, org, service, tallies, max_retries, prefetch,
+                                         options)
+        drop_tasks: list[asyncio.Task[None]] = []
+        try:
+            for service in fleet:
+                assert service.consumer is not None
+                await service.consumer.start()
+            drop_tasks += [asyncio.create_task(_dropper(probe, org, service)) for service in fleet]
+            await _publish(backend, org, fleet, events, protected_count, tallies)
+            quiet = await _wait_until_quiet(probe, fleet, tallies, drop_tasks, timeout, started)
+        finally:
+            for task in drop_tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    try:
+                        await task
+                    except Exception:
+                        logger.exception("soak %s: dropping a consumer's connection failed", org)
+            for service in fleet:
+                if service.consumer is not None:
+                    await service.consumer.stop(10.0)
+                for transport in service.transports:
+                    with contextlib.suppress(Exception):
+                        await transport.close()
+            await _wait_until_released(probe, tallies)
+        reports = [await _subscriber_report(probe, queue, tally)
+                   for queue, tally in tallies.items()]
+    finally:
+        if not keep:
+            for topology in reversed(declared):
+                with contextlib.suppress(Exception):
+                    await publisher.delete(topology)
+        await probe.close()
+    settings = {"subscribers": subscribers, "nack": nack, "failure": failure, "delay": delay,
+                "max_retries": max_retries, "retry_ttl_ms": retry_ttl_ms, "seed": seed,
+                "prefetch": prefetch, "timeout": timeout, "services": services}
+    return SoakReport(org, ",".join(names), events, protected_count, settings,
+                      drops * len(fleet), sum(s.drops_done for s in fleet), quiet,
+                      round(time.monotonic() - started, 2), keep, reports,
+                      [_service_report(s, reports) for s in fleet], store_queue)
+
+
+def run_soak(backend: Backend, **options: Any) -> SoakReport:
+    """Run a chaos soak against ``backend`` (a connector) and report per subscriber and service.
+
+    Options are ``run_soak_async``'s: ``events``, ``subscribers``, ``services``, ``nack``,
+    ``failure``, ``delay``, ``drops`` (per consumer), ``seed``, ``max_retries``,
+    ``retry_ttl_ms``, ``protected_events``, ``prefetch``, ``timeout``, ``organization``, ``keep``.
+    """
+    return backend.loop_thread.run(run_soak_async(backend, **options))
+
+
+def _tally(service: str, subscription: Subscription) -> _Tally:
+    return _Tally(service, subscription.handler_name, subscription.publisher,
+                  subscription.message_class is SoakProtectedEvent, subscription.is_store)
+
+
+def _expected(tally: _Tally, names: list[str], events: int, protected_count: int) -> int:
+    """Deliveries a queue should get (before retries), to spread the drops over."""
+    if tally.store:
+        return len(names) * (events + protected_count)
+    return protected_count if tally.protected else events
+
+
+def _consumer(backend: Backend, org: str, service: _Service, tallies: dict[str, _Tally],
+              max_retries: int, prefetch: int, options: TopologyOptions) -> AsyncMessageConsumer:
+    """Service's consumer on connections of its own, counting what happens on its queues."""
 
     def observe(event: ConsumerEvent) -> None:
         tally = tallies.get(event.queue)
         if tally is None or event.message_id is None:
             return
-        activity[0] += 1
+        service.activity += 1
         if event.kind == "handled":
             tally.handled[event.message_id] += 1
         elif event.kind == "retried":
@@ -226,123 +411,71 @@ async def run_soak_async(
             tally.chaos_nacks += 1
         elif event.kind == "failed" and event.outcome.error_type == SimulatedChaosFailure.__name__:
             tally.chaos_failures += 1
-        if event.kind in ("handled", "failed", "chaos_nack", "poison") and schedule.due(activity[0]):
-            drops_wanted[0] += 1
-            drop_wanted.set()
-
-    consumer_transports: list[Transport] = []
+        if (event.kind in ("handled", "failed", "chaos_nack", "poison")
+                and service.drops.due(service.activity)):
+            service.drops_wanted += 1
+            service.drop_wanted.set()
 
     async def consumer_source() -> Transport:
         transport = await backend.consumer_transport()
-        consumer_transports.append(transport)
+        service.transports.append(transport)
         return transport
 
-    probe = probe or await probe_for(backend)
-    publisher = await backend.publisher_transport()
-    await publisher.declare(topology)
     consumer = AsyncMessageConsumer(
-        consumer_source, org, SERVICE, max_retries, chaos=chaos, observers=[observe],
-        settings=ConsumerSettings(prefetch=prefetch, shutdown_timeout=10.0))
-    consumer.add_subscribers(subs)
-    drops_done = 0
-    quiet = False
-    try:
-        await consumer.start()
-
-        async def dropper() -> None:
-            nonlocal drops_done
-            while drops_done < drops:
-                await drop_wanted.wait()
-                drop_wanted.clear()
-                while drops_done < drops_wanted[0]:  # several points may pass before we run
-                    for transport in consumer_transports:
-                        await probe.drop(transport)
-                    drops_done += 1
-                    logger.info("soak %s: dropped the consumer's connection (%d/%d)",
-                                org, drops_done, drops)
-
-        drop_task = asyncio.create_task(dropper())
-        await _publish(backend, org, events, protected_count, queues, tallies)
-        quiet = await _wait_until_quiet(probe, queues, tallies, activity, drop_task, timeout,
-                                        started)
-        drop_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            try:
-                await drop_task
-            except Exception:
-                logger.exception("soak %s: dropping the consumer's connection failed", org)
-    finally:
-        await consumer.stop(10.0)
-        for transport in consumer_transports:
-            with contextlib.suppress(Exception):
-                await transport.close()
-        await _wait_until_released(probe, queues)
-
-    try:
-        reports = []
-        for queue, protected in queues.items():
-            tally = tallies[queue]
-            dead = set(await probe.message_ids(naming.dead_letter_queue(queue)))
-            pending = set(await probe.message_ids(queue)) | set(
-                await probe.message_ids(naming.retry_queue(queue)))
-            handled = set(tally.handled)
-            accounted = handled | dead
-            reports.append(SubscriberReport(
-                queue=queue, protected=protected, published=len(tally.published),
-                handled=len(handled), duplicates=sum(1 for n in tally.handled.values() if n > 1),
-                retried=tally.retried, dead_lettered=len(dead),
-                handled_and_dead_lettered=len(handled & dead),
-                lost=len(tally.published - accounted - pending),
-                pending=len(pending & tally.published - accounted),
-                unexpected=len((accounted | pending) - tally.published),
-                chaos_nacks=tally.chaos_nacks, chaos_failures=tally.chaos_failures,
-                observed_dead_lettered=len(tally.observed_dead)))
-    finally:
-        if not keep:
-            with contextlib.suppress(Exception):
-                await publisher.delete(topology)
-        await probe.close()
-    settings = {"subscribers": subscribers, "nack": nack, "failure": failure, "delay": delay,
-                "max_retries": max_retries, "retry_ttl_ms": retry_ttl_ms, "seed": seed,
-                "prefetch": prefetch, "timeout": timeout}
-    return SoakReport(org, SERVICE, events, protected_count, settings, drops, drops_done, quiet,
-                      round(time.monotonic() - started, 2), keep, reports)
+        consumer_source, org, service.name, max_retries, chaos=service.chaos, observers=[observe],
+        settings=ConsumerSettings(prefetch=prefetch, shutdown_timeout=10.0), options=options)
+    consumer.add_subscribers(service.subscribers)
+    return consumer
 
 
-def run_soak(backend: Backend, **options: Any) -> SoakReport:
-    """Run a chaos soak against ``backend`` (a connector) and report per subscriber.
+async def _dropper(probe: SoakProbe, org: str, service: _Service) -> None:
+    """Cut the service's consumer connections whenever its schedule says so."""
+    wanted = len(service.drops.points)
+    while service.drops_done < wanted:
+        await service.drop_wanted.wait()
+        service.drop_wanted.clear()
+        while service.drops_done < service.drops_wanted:  # several points may pass before we run
+            for transport in service.transports:
+                await probe.drop(transport)
+            service.drops_done += 1
+            logger.info("soak %s: dropped %s's consumer connection (%d/%d)",
+                        org, service.name, service.drops_done, wanted)
 
-    Options are ``run_soak_async``'s: ``events``, ``subscribers``, ``nack``, ``failure``,
-    ``delay``, ``drops``, ``seed``, ``max_retries``, ``retry_ttl_ms``, ``protected_events``,
-    ``prefetch``, ``timeout``, ``organization``, ``keep``.
-    """
-    return backend.loop_thread.run(run_soak_async(backend, **options))
 
+async def _publish(backend: Backend, org: str, fleet: list[_Service], events: int,
+                   protected_count: int, tallies: dict[str, _Tally]) -> None:
+    """Every service publishes its events at once, in batches."""
 
-async def _publish(backend: Backend, org: str, events: int, protected_count: int,
-                   queues: dict[str, bool], tallies: dict[str, _Tally]) -> None:
-    bus = AsyncDomainEventBus(backend.publisher_transport, org, SERVICE)
-    plain = [queue for queue, protected in queues.items() if not protected]
-    shielded = [queue for queue, protected in queues.items() if protected]
-    batch: list[DomainEvent] = []
-    for sequence in range(max(events, protected_count)):
-        if sequence < events:
-            batch.append(SoakEvent(sequence=sequence))
-            for queue in plain:
-                tallies[queue].published.add(batch[-1].get_message_id())
-        if sequence < protected_count:
-            batch.append(SoakProtectedEvent(sequence=sequence))
-            for queue in shielded:
-                tallies[queue].published.add(batch[-1].get_message_id())
-        if len(batch) >= _PUBLISH_BATCH:
+    async def publish(service: _Service) -> None:
+        bus = AsyncDomainEventBus(backend.publisher_transport, org, service.name)
+        plain = [t for t in tallies.values() if t.receives(service.name, False)]
+        shielded = [t for t in tallies.values() if t.receives(service.name, True)]
+        batch: list[DomainEvent] = []
+        for sequence in range(max(events, protected_count)):
+            if sequence < events:
+                batch.append(SoakEvent(sequence=sequence))
+                _expect(plain, batch[-1])
+            if sequence < protected_count:
+                batch.append(SoakProtectedEvent(sequence=sequence))
+                _expect(shielded, batch[-1])
+            if len(batch) >= _PUBLISH_BATCH:
+                await bus.publish(batch)
+                service.emitted += len(batch)
+                batch = []
+        if batch:
             await bus.publish(batch)
-            batch = []
-    if batch:
-        await bus.publish(batch)
+            service.emitted += len(batch)
+
+    await asyncio.gather(*(publish(service) for service in fleet))
 
 
-async def _wait_until_quiet(probe: SoakProbe, queues: dict[str, bool], tallies: dict[str, _Tally],
-                            activity: list[int], drop_task: asyncio.Task[None], timeout: float,
+def _expect(tallies: Iterable[_Tally], event: DomainEvent) -> None:
+    for tally in tallies:
+        tally.published.add(event.get_message_id())
+
+
+async def _wait_until_quiet(probe: SoakProbe, fleet: list[_Service], tallies: dict[str, _Tally],
+                            drop_tasks: list[asyncio.Task[None]], timeout: float,
                             started: float) -> bool:
     """Poll until every message is accounted for and every queue is empty, twice in a row."""
     deadline = started + timeout
@@ -350,11 +483,12 @@ async def _wait_until_quiet(probe: SoakProbe, queues: dict[str, bool], tallies: 
     last = -1
     while time.monotonic() < deadline:
         await asyncio.sleep(_POLL_SECONDS)  # polling interval of a deadline-bounded wait
-        if activity[0] != last:
-            last, calm = activity[0], 0
+        activity = sum(s.activity for s in fleet)
+        if activity != last:
+            last, calm = activity, 0
             continue
-        if (not drop_task.done() or not _all_settled(tallies)
-                or not await _broker_settled(probe, queues, tallies)):
+        if (not all(task.done() for task in drop_tasks) or not _all_settled(tallies)
+                or not await _broker_settled(probe, tallies)):
             calm = 0
             continue
         calm += 1
@@ -364,7 +498,8 @@ async def _wait_until_quiet(probe: SoakProbe, queues: dict[str, bool], tallies: 
     return False
 
 
-async def _wait_until_released(probe: SoakProbe, queues: dict[str, bool], timeout: float = 10.0) -> None:
+async def _wait_until_released(probe: SoakProbe, queues: Iterable[str],
+                               timeout: float = 10.0) -> None:
     """Wait until the broker has let go of our consumers: their unacked messages are back."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -379,9 +514,8 @@ def _all_settled(tallies: dict[str, _Tally]) -> bool:
     return all(t.settled_by_observers() for t in tallies.values())
 
 
-async def _broker_settled(probe: SoakProbe, queues: dict[str, bool],
-                          tallies: dict[str, _Tally]) -> bool:
-    for queue in queues:
+async def _broker_settled(probe: SoakProbe, tallies: dict[str, _Tally]) -> bool:
+    for queue in tallies:
         if await probe.ready_count(queue) or await probe.ready_count(naming.retry_queue(queue)):
             return False
     for queue, tally in tallies.items():
@@ -391,6 +525,41 @@ async def _broker_settled(probe: SoakProbe, queues: dict[str, bool],
     return True
 
 
+async def _subscriber_report(probe: SoakProbe, queue: str, tally: _Tally) -> SubscriberReport:
+    """Count one queue by message id: the consumer's account and what the broker holds."""
+    dead = set(await probe.message_ids(naming.dead_letter_queue(queue)))
+    pending = set(await probe.message_ids(queue)) | set(
+        await probe.message_ids(naming.retry_queue(queue)))
+    handled = set(tally.handled)
+    accounted = handled | dead
+    return SubscriberReport(
+        queue=queue, protected=tally.protected, published=len(tally.published),
+        handled=len(handled), duplicates=sum(1 for n in tally.handled.values() if n > 1),
+        retried=tally.retried, dead_lettered=len(dead),
+        handled_and_dead_lettered=len(handled & dead),
+        lost=len(tally.published - accounted - pending),
+        pending=len(pending & tally.published - accounted),
+        unexpected=len((accounted | pending) - tally.published),
+        chaos_nacks=tally.chaos_nacks, chaos_failures=tally.chaos_failures,
+        observed_dead_lettered=len(tally.observed_dead), service=tally.service,
+        handler=tally.handler, publisher=tally.publisher, store=tally.store)
+
+
+def _service_report(service: _Service, reports: list[SubscriberReport]) -> ServiceReport:
+    mine = [r for r in reports if r.service == service.name]
+
+    def total(name: str) -> int:
+        return sum(int(getattr(r, name)) for r in mine)
+
+    return ServiceReport(
+        service=service.name, emitted=service.emitted, subscribers=len(mine),
+        published=total("published"), handled=total("handled"),
+        duplicates=total("duplicates"), retried=total("retried"),
+        dead_lettered=total("dead_lettered"),
+        handled_and_dead_lettered=total("handled_and_dead_lettered"), lost=total("lost"),
+        pending=total("pending"), unexpected=total("unexpected"),
+        chaos_nacks=total("chaos_nacks"), chaos_failures=total("chaos_failures"),
+        drops_requested=len(service.drops.points), drops_done=service.drops_done)
 class MemorySoakProbe:
     """A ``SoakProbe`` for the in-memory broker."""
 

@@ -12,6 +12,7 @@ from eventyard.cli.main import app as cli
 from eventyard.rabbitmq import RabbitMqConnector
 from eventyard.soak import SoakReport, run_soak
 from support.broker import RabbitBroker
+from support.soaking import assert_fleet_accounted_for
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -96,5 +97,42 @@ def test_cli_soak_renders_a_table(rabbit: RabbitBroker, org: str) -> None:
         assert "protected routing key" in result.stdout
         assert "OK" in result.stdout
         assert rabbit.inspector.queues(org) == {}
+    finally:
+        rabbit.inspector.delete_matching(org)
+
+
+def test_fleet_soak_three_services_one_store_loses_nothing(
+        connector: RabbitMqConnector, rabbit: RabbitBroker, org: str) -> None:
+    report = run_soak(connector, services=3, events=EVENTS, subscribers=2, nack=0.2,
+                      failure=0.25, drops=1, seed=13, max_retries=2, retry_ttl_ms=100,
+                      organization=org, timeout=120)
+
+    assert_fleet_accounted_for(report, EVENTS, 2)
+    assert report.store_queue == f"store_{org}"  # never the vhost's `store` of another org
+    assert [s.drops_done for s in report.services] == [1, 1, 1]
+    assert sum(s.dead_lettered for s in report.services) > 0, "max_retries=2 should dead-letter"
+    assert rabbit.inspector.queues(org) == {}, "the soak deletes every service's queues"
+    assert rabbit.inspector.exchanges(org) == {}
+
+
+def test_cli_fleet_soak_binds_one_store_to_every_service(rabbit: RabbitBroker, org: str) -> None:
+    try:
+        result = CliRunner().invoke(cli, [
+            "chaos", "soak", "--url", rabbit.url, "--services", "3", "-n", "40", "-k", "1",
+            "--drops", "1", "--retry-ttl", "50", "--seed", "4", "--keep", "--json", "-o", org])
+        assert result.exit_code == 0, result.output
+        data = json.loads(result.stdout)
+        assert data["ok"] is True and data["lost"] == 0
+        assert [(s["service"], s["emitted"], s["published"], s["lost"])
+                for s in data["services"]] == [
+            ("soak1", 44, 40 + 4 + 3 * 44, 0), ("soak2", 44, 40 + 4 + 40, 0),
+            ("soak3", 44, 40 + 4 + 40, 0)]
+        store = f"store_{org}"
+        bound = {(exchange, key) for exchange, queue, key in rabbit.inspector.bindings(store)
+                 if queue == store}
+        assert {(f"{org}.soak{i}", "*.*.*.event.*") for i in (1, 2, 3)} <= bound
+        queues = rabbit.inspector.queues(org)
+        assert queues[store]["x-dead-letter-exchange"] == f"dead_letter.{org}.store"
+        assert queues[f"retry.{store}"]["x-dead-letter-exchange"] == f"retry.{org}.store"
     finally:
         rabbit.inspector.delete_matching(org)
