@@ -6,13 +6,16 @@ import asyncio
 import contextlib
 import importlib
 import json
+import logging
 import os
 import sys
 from collections.abc import Coroutine, Iterator, Sequence
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
+import typer.exceptions
 from rich.console import Console
+from rich.text import Text
 
 from eventyard.errors import ConfigurationError, EventyardError, TopologyMismatchError
 from eventyard.rabbitmq.settings import ConnectionSettings, settings_from
@@ -20,6 +23,8 @@ from eventyard.subscribers import MessageSubscriber, subscriptions_of
 from eventyard.topology import Topology, TopologyOptions, build_topology
 
 T = TypeVar("T")
+
+logger = logging.getLogger(__name__)
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -44,7 +49,8 @@ MaxRetries = Annotated[int, typer.Option("--max-retries", "-mr", min=0,
 
 def fail(message: str, code: int = USAGE_ERROR) -> NoReturn:
     """Print ``Error: message`` on stderr and exit with ``code`` (2: usage, 1: runtime)."""
-    err.print(f"[bold red]Error:[/] {message}", markup=True, soft_wrap=True)
+    # A Text, not markup: the message may quote a queue name or a broker reply with brackets.
+    err.print(Text.assemble(("Error:", "bold red"), " ", message), soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -61,10 +67,13 @@ def reported() -> Iterator[None]:
     """Turn eventyard errors raised inside into ``Error: ...`` and an exit status.
 
     Bad input (a wrong option, name or application) exits 2; what the broker holds or does
-    (a topology mismatch, an unreachable broker) exits 1.
+    (a topology mismatch, an unreachable broker) exits 1, and so does anything unexpected: it
+    is reported in one line (``--verbose`` logs its traceback), never as a traceback.
     """
     try:
         yield
+    except (typer.Exit, typer.Abort, typer.exceptions.TyperException):
+        raise  # typer's own way out (``fail`` raises it), not an error of the command
     except LookupError as error:
         fail(str(error.args[0] if error.args else error))
     except TopologyMismatchError as error:
@@ -73,6 +82,11 @@ def reported() -> Iterator[None]:
         fail(str(error))
     except EventyardError as error:
         fail(str(error), RUNTIME_ERROR)
+    except Exception as error:
+        logger.info("unexpected error", exc_info=True)
+        text = str(error) or "no details"
+        fail(f"unexpected {type(error).__name__}: {text[:500]} (run `eventyard --verbose ...` for "
+             "the traceback)", RUNTIME_ERROR)
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:

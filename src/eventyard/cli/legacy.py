@@ -5,13 +5,15 @@ its subscriber through the subscriber's retry queue, with the retry count reset 
 ``eventyard.rabbitmq.dead_letters``), and stops when the queues are empty. ``--retry-ttl`` is
 the time in milliseconds a requeued message waits in the retry queue (the queue's own TTL still
 caps it; default: that TTL). ``--max-retries`` is accepted for compatibility: the consumer that
-receives the messages applies its own.
+receives the messages applies its own. An undecodable message is requeued like the others,
+with a warning on stderr; no error ends in a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 from collections.abc import Callable, Sequence
 
@@ -23,6 +25,8 @@ from eventyard.rabbitmq.inspection import connect, queue_state
 from eventyard.rabbitmq.settings import ConnectionSettings, settings_from
 
 PROG = "eventyard-rabbitmq"
+
+logger = logging.getLogger(__name__)
 
 
 def _queue_list(value: str) -> list[str]:
@@ -99,8 +103,13 @@ async def _requeue(settings: ConnectionSettings, args: argparse.Namespace, queue
 
         def show(step: Step) -> None:
             verb = "would requeue" if step.outcome == "would_requeue" else step.outcome
-            print(f"{verb} {step.message_id} ({step.type}) from {step.queue}"
+            odd = f" [undecodable, {step.size:,} bytes]" if step.undecodable else ""
+            print(f"{verb} {step.id} ({step.type}){odd} from {step.queue}"
                   + (f" -> {step.detail}" if step.detail else ""), flush=True)
+            if step.undecodable and step.outcome in ("requeued", "would_requeue"):
+                print(f"{PROG}: warning: {step.id} from {step.queue} is undecodable ({step.problem}; "
+                      f"{step.size:,} bytes): {verb} as is, its subscriber will fail on it again",
+                      file=sys.stderr, flush=True)
 
         return await dead_letters.requeue(
             connection, args.organization, args.service, queues, dry_run=args.dry_run,
@@ -127,12 +136,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     except EventyardError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         sys.exit(1)
+    except Exception as error:  # never a traceback: one line, the details with logging on
+        logger.info("unexpected error", exc_info=True)
+        print(f"{PROG}: error: unexpected {type(error).__name__}: {str(error)[:500]}", file=sys.stderr)
+        sys.exit(1)
     moved = report.count("would_requeue" if args.dry_run else "requeued")
     verb = "would requeue" if args.dry_run else "requeued"
+    undecodable = len(report.undecodable)
     print(f"{verb} {moved} message{'' if moved == 1 else 's'} from {len(queues)} "
-          f"queue{'' if len(queues) == 1 else 's'}")
+          f"queue{'' if len(queues) == 1 else 's'}"
+          + (f" ({undecodable} undecodable: see the warnings)" if undecodable else ""))
     for step in report.failed:
-        print(f"{PROG}: error: {step.message_id} stayed in {step.queue}: {step.detail}", file=sys.stderr)
+        print(f"{PROG}: error: {step.id} stayed in {step.queue}: {step.detail}", file=sys.stderr)
     if report.failed:
         sys.exit(1)
 
