@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 from eventyard import TopologyMismatchError
 from eventyard.cli.main import app
 from eventyard.rabbitmq import RabbitMqConnector, RabbitMqMessageConfigurer
-from support.broker import RabbitBroker, own_vhost
+from support.broker import RabbitBroker
+from support.vhost import own_vhost
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -30,7 +31,7 @@ async def declare_old_store(url: str) -> None:
 
 
 def test_verify_and_configure_explain_how_to_move_an_old_store(rabbit: RabbitBroker) -> None:
-    with own_vhost(rabbit, "oldstore") as broker:
+    with own_vhost(rabbit) as broker:
         asyncio.run(declare_old_store(broker.url))
 
         result = CliRunner(env={"RABBITMQ_URL": broker.url, "COLUMNS": "200"}).invoke(

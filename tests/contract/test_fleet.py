@@ -52,9 +52,9 @@ def yard(request: pytest.FixtureRequest) -> Iterator[Yard]:
             world.teardown()
         return
     from contract.rabbit import RabbitUnderTest
-    from support.broker import own_vhost
+    from support.vhost import own_vhost
 
-    with own_vhost(request.getfixturevalue("rabbit"), "fleet") as broker:
+    with own_vhost(request.getfixturevalue("rabbit")) as broker:
         world = Yard(RabbitUnderTest(broker))
         try:
             yield world

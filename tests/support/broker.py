@@ -9,15 +9,12 @@ same node.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import subprocess
-import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import aiormq
 
@@ -149,30 +146,3 @@ class RabbitBroker:
     inspector: Inspector
     throwaway: Any = None  # the ThrowawayNode started for the run, if any
 
-
-@contextlib.contextmanager
-def own_vhost(rabbit: RabbitBroker, label: str = "t") -> Iterator[RabbitBroker]:
-    """A vhost of this test's own on the test broker (deleted afterwards, with all it holds).
-
-    For tests that need the default, broker-wide names (``store``) without meeting other runs.
-    """
-    parts = urlsplit(rabbit.url)
-    user = unquote(parts.username or "guest")
-    name = f"eventyard-{label}-{uuid.uuid4().hex[:10]}"
-    inspector = rabbit.inspector
-
-    def ctl(*args: str) -> None:
-        command = ["rabbitmqctl", "-q"]
-        if inspector.nodename:
-            command += ["-n", inspector.nodename]
-        subprocess.run([*command, *args], env=inspector.ctl_env, check=True, capture_output=True,
-                       text=True, timeout=60)
-
-    ctl("add_vhost", name)
-    try:
-        ctl("set_permissions", "-p", name, user, ".*", ".*", ".*")
-        url = urlunsplit(parts._replace(path="/" + quote(name, safe="")))
-        yield RabbitBroker(url, Inspector(url, ctl_env=inspector.ctl_env,
-                                          nodename=inspector.nodename), rabbit.throwaway)
-    finally:
-        ctl("delete_vhost", name)

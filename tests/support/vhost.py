@@ -7,10 +7,12 @@ own they meet no other test, and deleting the vhost removes everything they decl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
 import uuid
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -94,3 +96,13 @@ class PrivateVhost:
         rows = json.loads(self._ctl("list_queues", "-p", self.name, "name", "messages_ready",
                                     "messages_unacknowledged", "consumers", "--formatter", "json"))
         return dict(next(r for r in rows if r["name"] == queue))
+
+
+@contextlib.contextmanager
+def own_vhost(broker: RabbitBroker) -> Iterator[RabbitBroker]:
+    """A vhost of the test's own, as a ``RabbitBroker`` (deleted afterwards, with all it holds)."""
+    vhost = PrivateVhost(broker).create()
+    try:
+        yield RabbitBroker(vhost.url, vhost.inspector, broker.throwaway)
+    finally:
+        vhost.delete()
