@@ -68,7 +68,7 @@ def test_requeue_paces_and_stops_when_the_queue_is_empty(service: Service) -> No
     (["-rttl", "-5"], "argument -rttl/--retry-ttl: '-5' must be >= 0"),
     (["-wtr", "soon"], "argument -wtr/--wait-to-requeue: 'soon' is not a number"),
     (["-cq", "{queue}"], "is not a dead-letter queue"),
-    (["-cq", "dead_letter.other.billing.1.event.x.h"], "belongs neither to {org}.registration"),
+    (["-cq", "dead_letter.other.billing.1.event.x.h"], "belongs neither to a service of {org}"),
     (["-cq", "dead_letter.{queue}.nowhere"], "does not exist on amqp://"),
 ])
 def test_bad_flags_exit_2_with_a_message(service: Service, flags: list[str], message: str) -> None:
