@@ -9,6 +9,7 @@
     ├── BrokerError               the broker could not be reached or refused something
     │   ├── BrokerConnectionError cannot connect, or the connection was lost mid-operation
     │   ├── PublishNackedError    the broker refused (nacked) a published message
+    │   ├── PublishTimeoutError   no confirm in time (a broker alarm blocked publishing, say)
     │   └── UnroutableError       a command that no queue receives
     └── ChaosConfigurationError   a chaos setting out of range (also a ConfigurationError)
 
@@ -56,6 +57,10 @@ class BrokerConnectionError(BrokerError):
 
 class PublishNackedError(BrokerError):
     """The broker refused (nacked) a published message; it was not stored."""
+
+
+class PublishTimeoutError(BrokerError):
+    """A publish was not confirmed within its time limit; it may or may not be stored."""
 
 
 class UnroutableError(BrokerError):

@@ -43,7 +43,8 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 class ThrowawayNode:
     """A RabbitMQ node of its own: ``start()``, ``stop()``, ``restart()``, ``url``."""
 
-    def __init__(self, base: Path | None = None) -> None:
+    def __init__(self, base: Path | None = None, *, extra_config: str = "") -> None:
+        """``extra_config``: more ``rabbitmq.conf`` lines (TLS listeners, alarms' limits...)."""
         self.base = Path(base or tempfile.mkdtemp(prefix="eventyard-rabbit-"))
         suffix = uuid.uuid4().hex[:8]
         self.nodename = f"eventyard-test-{suffix}@localhost"
@@ -57,6 +58,7 @@ class ThrowawayNode:
         (self.base / "rabbitmq.conf").write_text(
             f"listeners.tcp.default = 127.0.0.1:{self.port}\n"
             "loopback_users.guest = true\n"
+            + (extra_config.strip() + "\n" if extra_config.strip() else "")
         )
         (self.base / "rabbitmq-env.conf").write_text("")
 

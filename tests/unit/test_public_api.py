@@ -13,8 +13,9 @@ CURATED = {
     "ChaosConfigurationError", "Command", "CommandBus", "ConfigurationError", "ConsumerEvent",
     "ConsumerSettings", "DomainEvent", "DomainEventBus", "Event", "EventChaos", "EventyardError",
     "InfoId", "Message", "MessageConfigurer", "MessageConsumer", "MessageDecodeError",
-    "MessageSubscriber", "NotImplementedBroker", "PublishNackedError", "SubscriberError",
-    "TopologyMismatchError", "TopologyOptions", "UnroutableError", "Uuid", "broker_from_env",
+    "MessageSubscriber", "NotImplementedBroker", "PublishNackedError", "PublishTimeoutError",
+    "SubscriberError", "TopologyMismatchError", "TopologyOptions", "UnroutableError", "Uuid",
+    "broker_from_env",
 }
 
 

@@ -24,7 +24,11 @@ logger = logging.getLogger(__name__)
 
 
 class RabbitMqConnector:
-    """Where RabbitMQ is: an ``amqp://``/``amqps://`` URL, arguments, or ``RABBITMQ_*`` variables."""
+    """Where RabbitMQ is: an ``amqp://``/``amqps://`` URL, arguments, or ``RABBITMQ_*`` variables.
+
+    TLS files and verification come from the URL's query or ``RABBITMQ_SSL_*``; every publish
+    waits at most ``publish_timeout`` seconds for its confirm (docs/connection.md).
+    """
 
     def __init__(
         self,
@@ -37,13 +41,16 @@ class RabbitMqConnector:
         vhost: str | None = None,
         heartbeat: int | None = None,
         prefetch_count: int | None = None,
+        connect_timeout: float | None = None,
+        publish_timeout: float | None = None,
         settings: ConnectionSettings | None = None,
         environ: Mapping[str, str] | None = None,
         name: str = "eventyard",
     ) -> None:
         self.settings = settings or settings_from(
             url, host=host, port=port, user=user, password=password, vhost=vhost,
-            heartbeat=heartbeat, prefetch_count=prefetch_count, environ=environ)
+            heartbeat=heartbeat, prefetch_count=prefetch_count, connect_timeout=connect_timeout,
+            publish_timeout=publish_timeout, environ=environ)
         self.name = name
         self._loop_thread = LoopThread("eventyard-rabbitmq")
         self._publishers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, RabbitMqTransport] = (

@@ -138,11 +138,15 @@ async def publish_pipelined(channel: Any, messages: Sequence[OutgoingMessage],
                 await asyncio.wait((futures[oldest],))
             oldest += 1
         futures += await _write_chunk(channel, part, publish_frames)
-    if len(futures) == 1:  # a single publish: no gathering future on the way back
-        confirmation = futures[0]
-        if not confirmation.done():
-            await asyncio.wait((confirmation,))  # unlike a bare await, never cancels it
-        if confirmation.cancelled():
-            return [asyncio.CancelledError()]
-        return [confirmation.exception() or confirmation.result()]
-    return list(await asyncio.gather(*futures, return_exceptions=True))
+    # asyncio.wait, unlike gather or a bare await, never cancels the confirmations: a caller
+    # that gives up (its publish timeout) leaves the channel's bookkeeping as it was.
+    pending = [f for f in futures[oldest:] if not f.done()]
+    if pending:
+        await asyncio.wait(pending)
+    return [_outcome(f) for f in futures]
+
+
+def _outcome(confirmation: asyncio.Future[Any]) -> Any:
+    if confirmation.cancelled():
+        return asyncio.CancelledError()
+    return confirmation.exception() or confirmation.result()

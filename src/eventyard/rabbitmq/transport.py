@@ -27,7 +27,9 @@ from eventyard.errors import (
     QueueNotFoundError,
     TopologyMismatchError,
 )
+from eventyard.headers import DEFAULT_FRAME_MAX
 from eventyard.ports import DeliveryCallback, OutgoingMessage
+from eventyard.rabbitmq.blocking import timeout_error
 from eventyard.rabbitmq.connecting import open_connection
 from eventyard.rabbitmq.delivery import RabbitMqDelivery, Settlements
 from eventyard.rabbitmq.inspection import reply_text
@@ -60,6 +62,7 @@ class RabbitMqTransport:
         self._reconnecting: asyncio.Task[None] | None = None
         self._channel_lock = asyncio.Lock()
         self.reconnections = 0
+        self.blocked: str | None = None  # the reason of the broker's connection.blocked, if any
 
     # -- connecting ---------------------------------------------------------------------------
 
@@ -82,6 +85,8 @@ class RabbitMqTransport:
                 await connection.close()
             raise
         self._connection, self._channel = connection, channel
+        self.blocked = None
+        _watch_blocked(connection, self._on_blocked)
         connection.closing.add_done_callback(self._on_connection_closed)
         self._ready.set()
 
@@ -186,8 +191,28 @@ class RabbitMqTransport:
 
     # -- publishing ---------------------------------------------------------------------------
 
+    def _on_blocked(self, connection: AbstractConnection, reason: str | None) -> None:
+        if connection is self._connection:
+            self.blocked = reason
+
     async def publish(self, messages: Sequence[OutgoingMessage]) -> list[int]:
-        """Publish all of ``messages`` with confirms, many in flight; return unroutable indexes."""
+        """Publish all of ``messages`` with confirms, many in flight; return unroutable indexes.
+
+        ``PublishTimeoutError`` when they are not all confirmed within ``publish_timeout``
+        (naming the broker's alarm when it blocked the connection).
+        """
+        deadline = asyncio.timeout(self.settings.publish_timeout)
+        try:
+            async with deadline:
+                return await self._publish(messages)
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            what = (f"message {messages[0].message_id} to {messages[0].exchange!r}"
+                    if len(messages) == 1 else f"{len(messages)} messages")
+            raise timeout_error(what, self.settings.publish_timeout, self.blocked) from None
+
+    async def _publish(self, messages: Sequence[OutgoingMessage]) -> list[int]:
         channel = await self._publish_channel()
         if can_pipeline(channel):
             results = await publish_pipelined(channel, messages, self.publish_window)
@@ -267,6 +292,43 @@ class RabbitMqTransport:
     def is_connected(self) -> bool:
         """True while a connection is open."""
         return self._ready.is_set()
+
+    @property
+    def frame_max(self) -> int:
+        """The largest frame the broker takes on this connection, as negotiated (0: no limit).
+
+        A message's content header (its headers table included) must fit in one frame, or
+        RabbitMQ closes the connection; consumers bound the headers of their copies by it.
+        """
+        tune = getattr(self._connection, "connection_tune", None)  # aiormq's public attribute
+        value = getattr(tune, "frame_max", None)
+        return value if isinstance(value, int) and value >= 0 else DEFAULT_FRAME_MAX
+
+
+def _watch_blocked(connection: AbstractConnection,
+                   on_change: Callable[[AbstractConnection, str | None], None]) -> None:
+    """Tell ``on_change`` when the broker blocks ``connection`` (an alarm) and unblocks it.
+
+    aiormq notes ``connection.blocked`` only in a log line; its handlers are wrapped here so a
+    publish that times out can name the alarm. Without them (another aiormq) the timeout
+    error just cannot name it.
+    """
+    target: Any = connection
+    on_blocked = getattr(target, "_Connection__handle_connection_blocked", None)
+    on_unblocked = getattr(target, "_Connection__handle_connection_unblocked", None)
+    if on_blocked is None or on_unblocked is None:
+        return
+
+    async def blocked(frame: spec.Connection.Blocked) -> None:
+        on_change(connection, str(frame.reason or "no reason given"))
+        await on_blocked(frame)
+
+    async def unblocked(frame: spec.Connection.Unblocked) -> None:
+        on_change(connection, None)
+        await on_unblocked(frame)
+
+    target._Connection__handle_connection_blocked = blocked
+    target._Connection__handle_connection_unblocked = unblocked
 
 
 @contextlib.contextmanager
