@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import errno
 import logging
 import socket
 import ssl
@@ -101,6 +102,14 @@ def _causes(error: BaseException) -> list[BaseException]:
     return chain
 
 
+def _refused(error: BaseException) -> bool:
+    """Refused on every address of the host (asyncio then raises one plain OSError)."""
+    return isinstance(error, OSError) and (
+        error.errno == errno.ECONNREFUSED
+        or (str(error).startswith("Multiple exceptions") and "Connect call failed" in str(error)
+            and "[Errno 111]" in str(error)))
+
+
 def _tls_problem(error: ssl.SSLError, settings: ConnectionSettings, host: str) -> tuple[str, str]:
     text = str(getattr(error, "verify_message", None) or error.reason or error)
     if isinstance(error, ssl.SSLCertVerificationError):
@@ -150,8 +159,10 @@ def explain(error: BaseException, settings: ConnectionSettings, host: str, port:
         if isinstance(cause, ssl.SSLError):
             reason, hint = _tls_problem(cause, settings, host)
             return Problem(endpoint, reason, hint)
-        if isinstance(cause, ConnectionRefusedError):
+        if isinstance(cause, ConnectionRefusedError) or _refused(cause):
             return Problem(endpoint, "connection refused: nothing listens there", _DOWN)
+        if isinstance(cause, OSError) and cause.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+            return Problem(endpoint, f"host unreachable ({cause.strerror})", _DOWN)
         if isinstance(cause, socket.gaierror):
             return Problem(endpoint, f"cannot resolve host {host!r}", _UNKNOWN_HOST)
         if isinstance(cause, TimeoutError):
