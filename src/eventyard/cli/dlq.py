@@ -282,8 +282,9 @@ def _warn_undecodable(report: Report) -> None:
                        "(--json lists them)", style="yellow"))
     if steps:
         went = "would go" if report.dry_run else "went"
+        it = "it" if len(steps) == 1 else "them"
         err.print(Text(f"warning: {plural(len(steps), 'undecodable message')} {went} back to the "
-                       "subscriber, which cannot decode it either and will dead-letter it again; "
+                       f"subscriber, which cannot decode {it} either and will dead-letter {it} again; "
                        "`eventyard dlq discard --undecodable` removes such messages", style="yellow"),
                   soft_wrap=True)
 

@@ -81,7 +81,7 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[st
     for word, what in ((args.organization, "organization"), (args.service, "service")):
         try:
             naming.check_word(word, what)
-        except ValueError as error:
+        except ConfigurationError as error:
             parser.error(str(error))
     queues: list[str] = list(dict.fromkeys(args.consuming_queues))
     for queue in queues:
@@ -104,7 +104,7 @@ async def _requeue(settings: ConnectionSettings, args: argparse.Namespace, queue
         def show(step: Step) -> None:
             verb = "would requeue" if step.outcome == "would_requeue" else step.outcome
             odd = f" [undecodable, {step.size:,} bytes]" if step.undecodable else ""
-            print(f"{verb} {step.id} ({step.type}){odd} from {step.queue}"
+            print(f"{verb} {step.id} ({step.type or 'no type'}){odd} from {step.queue}"
                   + (f" -> {step.detail}" if step.detail else ""), flush=True)
             if step.undecodable and step.outcome in ("requeued", "would_requeue"):
                 print(f"{PROG}: warning: {step.id} from {step.queue} is undecodable ({step.problem}; "
