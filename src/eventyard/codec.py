@@ -23,6 +23,9 @@ OCCURRED_ON_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 _WIRE_KIND: dict[MessageKind, str] = {"event": "domain_event", "command": "command"}
 _KIND_OF_WIRE: dict[str, MessageKind] = {"domain_event": "event", "event": "event",
                                          "command": "command"}
+_VERSION_MIN, _VERSION_MAX = -(2**31), 2**31 - 1
+_SHOWN = 120  # characters of a hostile value an error message repeats
+_PROBLEMS_SHOWN = 10
 
 
 class MessageRegistry:
@@ -93,7 +96,7 @@ def _format_occurred_on(value: datetime) -> str:
 
 def _parse_occurred_on(value: Any) -> datetime:
     if not isinstance(value, str):
-        raise MessageDecodeError(f"'occurred_on' must be a string, got {value!r}")
+        raise MessageDecodeError(f"'occurred_on' must be a string, got {_show(value)}")
     if len(value) == 26 and value[10] == " " and value[19] == ".":
         # The usual "%Y-%m-%d %H:%M:%S.%f": fromisoformat reads it as strptime would, 20x faster.
         try:
@@ -107,11 +110,23 @@ def _parse_occurred_on(value: Any) -> datetime:
             continue
     try:
         parsed = datetime.fromisoformat(value)
+        if parsed.tzinfo is not None:
+            parsed = parsed.astimezone(UTC).replace(tzinfo=None)
     except ValueError:
-        raise MessageDecodeError(f"'occurred_on' {value!r} is not a date") from None
-    if parsed.tzinfo is not None:
-        parsed = parsed.astimezone(UTC).replace(tzinfo=None)
+        raise MessageDecodeError(f"'occurred_on' {_show(value)} is not a date") from None
+    except OverflowError:  # 0001-01-01 at UTC+1 is before the first day a datetime holds
+        raise MessageDecodeError(f"'occurred_on' {_show(value)} is out of range") from None
     return parsed
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= _SHOWN else text[:_SHOWN] + "..."
+
+
+def _show(value: Any) -> str:
+    """``value`` for an error message, cut short: bodies come from anyone."""
+    text = repr(value) if not isinstance(value, int) or abs(value) < 10**20 else "(a huge number)"
+    return text if len(text) <= _SHOWN else text[:_SHOWN] + "...'"
 
 
 def decode(
@@ -126,8 +141,22 @@ def decode(
     With ``expected``, the body must be that message (name and version). Without it, the class is
     found in ``registry``; an unknown type raises, or with ``allow_unknown`` becomes a generic
     ``DomainEvent`` / ``Command`` that keeps its name, version and attributes.
-    Raise ``MessageDecodeError`` saying what is wrong; never return a half-built message.
+    Raise ``MessageDecodeError`` saying what is wrong, whatever the body holds (a date out of
+    range, nesting beyond any limit, bytes that are not UTF-8); never return a half-built message.
     """
+    try:
+        return _decode(body, expected, registry, allow_unknown)
+    except MessageDecodeError:
+        raise
+    except RecursionError:
+        raise MessageDecodeError("body is nested too deeply to decode") from None
+    except Exception as error:  # whatever else a hostile body provokes is still a bad body
+        raise MessageDecodeError(
+            f"body cannot be decoded: {type(error).__name__}: {_cut(str(error))}") from None
+
+
+def _decode(body: bytes | str, expected: type[Message] | None, registry: MessageRegistry,
+            allow_unknown: bool) -> Message:
     try:
         document = pydantic_core.from_json(body)
     except ValueError as error:
@@ -139,8 +168,9 @@ def decode(
     if not isinstance(name, str) or not name:
         raise MessageDecodeError("'data.type' is missing or not a string")
     version = data.get("version", 1)
-    if isinstance(version, bool) or not isinstance(version, int):
-        raise MessageDecodeError(f"'data.version' must be an integer, got {version!r}")
+    if isinstance(version, bool) or not isinstance(version, int) or not (
+            _VERSION_MIN <= version <= _VERSION_MAX):
+        raise MessageDecodeError(f"'data.version' must be an integer, got {_show(version)}")
     attributes = data.get("attributes", {})
     if not isinstance(attributes, dict):
         raise MessageDecodeError("'data.attributes' must be an object")
@@ -150,12 +180,14 @@ def decode(
     wire_kind = data.get("type_message")
     kind = _KIND_OF_WIRE.get(wire_kind) if isinstance(wire_kind, str) else None
     if wire_kind is not None and kind is None:
-        raise MessageDecodeError(f"'data.type_message' {wire_kind!r} is not domain_event/command")
+        raise MessageDecodeError(
+            f"'data.type_message' {_show(wire_kind)} is not domain_event/command")
 
     cls = expected if expected is not None else registry.find(name, version)
     if expected is not None and (name, version) != (expected.message_name, expected.message_version):
         raise MessageDecodeError(
-            f"expected {expected.message_name} v{expected.message_version}, got {name} v{version}"
+            f"expected {expected.message_name} v{expected.message_version}, "
+            f"got {_cut(name)} v{version}"
         )
     if cls is not None and kind is not None and cls.message_kind != kind:
         if expected is None and allow_unknown:
@@ -163,7 +195,7 @@ def decode(
         else:
             raise MessageDecodeError(f"{name} v{version} is a {cls.message_kind}, body says {kind}")
     if cls is None and not allow_unknown:
-        raise MessageDecodeError(f"unknown message type {name!r} version {version}")
+        raise MessageDecodeError(f"unknown message type {_show(name)} version {version}")
 
     message: Message
     try:
@@ -183,7 +215,8 @@ def decode(
             message._foreign = (name, version, attributes)
             return _finish(message, data, meta)
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in error.errors()
+            f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}"
+            for e in error.errors()[:_PROBLEMS_SHOWN]
         )
         raise MessageDecodeError(f"{name} v{version} attributes are invalid: {problems}") from None
     return _finish(message, data, meta)
@@ -195,7 +228,7 @@ def _finish(message: Message, data: dict[str, Any], meta: dict[str, Any]) -> Mes
     message_id = data.get("id")
     if message_id is not None:
         if not isinstance(message_id, str):
-            raise MessageDecodeError(f"'data.id' must be a string, got {message_id!r}")
+            raise MessageDecodeError(f"'data.id' must be a string, got {_show(message_id)}")
         private["_message_id"] = message_id
     if "occurred_on" in data:
         private["_occurred_on"] = _parse_occurred_on(data["occurred_on"])

@@ -3,7 +3,11 @@
 Written once on the ``Transport`` port; the RabbitMQ and in-memory consumers are this class
 with their own transport. A failed message goes to its subscriber's retry queue, or to its
 dead-letter queue when no retries are left, and the original is acked only after that copy is
-confirmed. A body that cannot be decoded is dead-lettered at once.
+confirmed. A body that cannot be decoded (anything raised while decoding) is dead-lettered at
+once. Every failure path is bounded: a copy's headers always fit the connection's frame; a
+message whose copy was cut off by a lost connection is dead-lettered when it comes back, with a
+summary of its headers, and the broker dead-letters it itself if even that is cut off; a copy
+that cannot be sent at all is dead-lettered by the broker.
 """
 
 from __future__ import annotations
@@ -16,16 +20,38 @@ import signal
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from eventyard import codec
 from eventyard.chaos import EventChaos, SimulatedChaosFailure
-from eventyard.errors import BrokerConnectionError, ConfigurationError, MessageDecodeError, QueueNotFoundError
+from eventyard.errors import (
+    BrokerConnectionError,
+    ConfigurationError,
+    MessageDecodeError,
+    PublishNackedError,
+    QueueNotFoundError,
+)
+from eventyard.headers import header_budget
 from eventyard.messages import Message
-from eventyard.ports import Consumption, Delivery, OutgoingMessage, Transport, TransportSource
-from eventyard.retry import Decision, RetryPolicy, failure_headers, redelivery_count
+from eventyard.ports import (
+    UNREADABLE_PROPERTIES,
+    Consumption,
+    Delivery,
+    OutgoingMessage,
+    Transport,
+    TransportSource,
+    frame_max_of,
+)
+from eventyard.retry import (
+    FAILURE_HEADERS_DROPPED,
+    Decision,
+    RetryPolicy,
+    deaths_are_valid,
+    failure_headers,
+    redelivery_count,
+)
+from eventyard.running import DaemonThreadPool, call_sync_handler, failure_of
 from eventyard.subscribers import (
     SUCCESS,
     MessageSubscriber,
@@ -41,10 +67,13 @@ from eventyard.topology import TopologyOptions, build_topology, route_of, subscr
 logger = logging.getLogger(__name__)
 
 _REQUEUE_PAUSE_SECONDS = 1.0
+_CANCEL_SECONDS = 1.0  # for cancelled tasks to unwind at a shutdown timeout
 # Sync handlers of an ordered queue run in batches on the thread pool (one hand-off per batch,
 # not per message); a batch returns after this long so its acks are never held back for long.
 _BATCH_SECONDS = 0.02
 _BATCH_LIMIT = 512
+# Deliveries whose copy a lost connection cut off, remembered until they come back (at most).
+_SUSPECTS_LIMIT = 1024
 
 EventKind = Literal["handled", "failed", "retried", "dead_lettered", "poison", "chaos_nack"]
 
@@ -109,7 +138,7 @@ class AsyncMessageConsumer:
         self._subscribers: list[MessageSubscriber] = []
         self._consumptions: list[Consumption] = []
         self._running: set[asyncio.Task[None]] = set()
-        self._executor: ThreadPoolExecutor | None = None
+        self._executor: DaemonThreadPool | None = None
         self._transport: Transport | None = None
         self._stopped = asyncio.Event()
         self._stopping = False
@@ -147,8 +176,7 @@ class AsyncMessageConsumer:
         self._transport = await self._transports()
         if any(not is_async_handler(h) for s in subscriptions for h in s.handlers):
             workers = self.settings.concurrency * len(subscriptions)
-            self._executor = ThreadPoolExecutor(max(1, min(64, workers)),
-                                                thread_name_prefix="eventyard-handler")
+            self._executor = DaemonThreadPool(max(1, min(64, workers)), "eventyard-handler")
         try:
             for subscription in subscriptions:
                 queue = subscription_queue(self.organization, self.service, subscription,
@@ -189,11 +217,19 @@ class AsyncMessageConsumer:
         for consumption in consumptions:
             with contextlib.suppress(Exception):
                 await consumption.cancel()
-        if self._running:
-            _, pending = await asyncio.wait(
-                set(self._running), timeout=timeout or self.settings.shutdown_timeout)
-            for task in pending:
-                task.cancel()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (timeout or self.settings.shutdown_timeout)
+        this = asyncio.current_task()
+        # Tasks may start while others finish (a delivery that was waiting for a slot, a copy
+        # being published): wait for every one of them, not for those running at first.
+        while pending := self._running - {this}:
+            left = deadline - loop.time()
+            if left <= 0:
+                for task in pending:  # hung: their messages stay unacked and come back
+                    task.cancel()
+                await asyncio.wait(pending, timeout=_CANCEL_SECONDS)
+                break
+            await asyncio.wait(pending, timeout=left)
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
@@ -251,6 +287,8 @@ class _QueueWorker:
                         and not any(is_async for _, is_async in self.handlers))
         self.backlog: deque[Delivery] = deque()
         self.drainer: asyncio.Task[None] | None = None
+        # Deliveries whose copy a lost connection cut off: (outcome, times cut off) by key.
+        self.suspects: dict[tuple[Any, ...], tuple[Outcome, int]] = {}
 
     async def on_delivery(self, delivery: Delivery) -> None:
         if self.batched:
@@ -266,25 +304,36 @@ class _QueueWorker:
             await self.process(delivery)
             return
         await self.slots.acquire()
+        if self.consumer._stopping:  # it waited for a slot while the consumer stopped
+            self.slots.release()
+            with contextlib.suppress(Exception):
+                await delivery.reject(requeue=True)
+            return
         task = asyncio.create_task(self.process(delivery))
         self.consumer._track(task)
         task.add_done_callback(lambda _: self.slots.release())
 
     async def process(self, delivery: Delivery) -> None:
-        count = redelivery_count(delivery.headers)
+        headers = delivery.headers
+        count = redelivery_count(headers)
         try:
+            if self.suspects and delivery.redelivered and await self._settle_suspect(delivery, count):
+                return
             chaos = self.consumer.chaos
-            action = (chaos.decide(delivery.routing_key, self.queue, delivery.headers)
+            action = (chaos.decide(delivery.routing_key, self.queue, headers)
                       if chaos is not None else None)
             if action is not None and action.nack:
                 await delivery.reject(requeue=True)
                 self.consumer._notify(ConsumerEvent("chaos_nack", self.queue, None, count,
                                                     message_id=delivery.message_id))
                 return
+            if UNREADABLE_PROPERTIES in headers:
+                await self._poison(delivery, _unreadable(headers), count)
+                return
             try:
                 message = codec.decode(delivery.body, expected=self.subscription.message_class,
                                        allow_unknown=self.subscription.is_store)
-            except MessageDecodeError as error:
+            except Exception as error:  # anything raised while decoding is poison
                 await self._poison(delivery, error, count)
                 return
             if action is not None and action.delay_seconds:
@@ -299,18 +348,41 @@ class _QueueWorker:
 
     async def _recover(self, delivery: Delivery, error: Exception) -> None:
         if isinstance(error, BrokerConnectionError):
-            # The connection dropped before the retry copy was confirmed: the original was
-            # never acked, so the broker delivers it again once we have reconnected.
+            # The connection dropped before the copy was confirmed: the original was never
+            # acked, so the broker delivers it again once we have reconnected (and then it is
+            # dead-lettered: see _settle_suspect).
             logger.warning("lost the connection settling a delivery from %s (%s); it will be "
                            "delivered again", self.queue, error)
             return
-        # Our own step failed (e.g. the retry queue is gone): hand the message back, after
-        # a pause so a broken topology does not spin, and let the broker deliver it again.
-        logger.error("could not settle a delivery from %s; requeueing it", self.queue,
-                     exc_info=error)
-        await asyncio.sleep(_REQUEUE_PAUSE_SECONDS)
+        if isinstance(error, ConfigurationError | PublishNackedError):
+            # The topology is missing or the broker refuses the copy for now: hand the message
+            # back, after a pause so this does not spin, until the operator has fixed it.
+            logger.error("could not settle a delivery from %s; requeueing it", self.queue,
+                         exc_info=error)
+            await asyncio.sleep(_REQUEUE_PAUSE_SECONDS)
+            with contextlib.suppress(Exception):
+                await delivery.reject(requeue=True)
+            return
+        # A step of ours failed on this message itself (its copy cannot be built or sent):
+        # retrying would fail the same way, so it is dead-lettered as it is.
+        logger.error("could not settle a delivery from %s; dead-lettering it as it is",
+                     self.queue, exc_info=error)
         with contextlib.suppress(Exception):
-            await delivery.reject(requeue=True)
+            await self._park(delivery, outcome_of_exception(error))
+
+    async def _park(self, delivery: Delivery, outcome: Outcome) -> None:
+        """Dead-letter ``delivery`` without the usual copy: the broker does it, through the
+        queue's dead-letter exchange (or, where RabbitMQ could not read its ``x-death``, a copy
+        with a summary of its headers goes instead)."""
+        if not deaths_are_valid(delivery.headers):
+            try:
+                await self._forward(delivery, outcome, redelivery_count(delivery.headers),
+                                    retry=False, keep_headers=False)
+                return
+            except Exception:
+                logger.exception("could not dead-letter a delivery from %s with a summary of its "
+                                 "headers", self.queue)
+        await delivery.reject(requeue=False)
 
     async def _drain(self) -> None:
         """Process the backlog of an ordered queue whose handlers are all sync, in batches."""
@@ -327,22 +399,31 @@ class _QueueWorker:
     async def _process_batch(self, batch: list[Delivery]) -> None:
         decoded: list[tuple[Delivery, Message, int]] = []
         for delivery in batch:
-            count = redelivery_count(delivery.headers)
+            headers = delivery.headers
+            count = redelivery_count(headers)
             try:
-                message = codec.decode(delivery.body, expected=self.subscription.message_class,
-                                       allow_unknown=self.subscription.is_store)
-            except MessageDecodeError as error:
+                if self.suspects and delivery.redelivered and await self._settle_suspect(
+                        delivery, count):
+                    continue
+                if UNREADABLE_PROPERTIES in headers:
+                    await self._poison(delivery, _unreadable(headers), count)
+                    continue
                 try:
+                    message = codec.decode(delivery.body, expected=self.subscription.message_class,
+                                           allow_unknown=self.subscription.is_store)
+                except Exception as error:  # anything raised while decoding is poison
                     await self._poison(delivery, error, count)
-                except Exception as failure:
-                    await self._recover(delivery, failure)
+                    continue
+            except Exception as failure:
+                await self._recover(delivery, failure)
                 continue
             decoded.append((delivery, message, count))
         loop = asyncio.get_running_loop()
         done = 0
         while done < len(decoded):
             outcomes = await loop.run_in_executor(
-                self.consumer._executor, self._handle_in_thread, [m for _, m, _ in decoded[done:]])
+                self.consumer._executor, self._handle_in_thread,
+                [m for _, m, _ in decoded[done:]], loop)
             for (delivery, message, count), outcome in zip(decoded[done:], outcomes, strict=False):
                 try:
                     await self._settle(delivery, message, outcome, count)
@@ -350,17 +431,15 @@ class _QueueWorker:
                     await self._recover(delivery, error)
             done += len(outcomes)
 
-    def _handle_in_thread(self, messages: list[Message]) -> list[Outcome]:
+    def _handle_in_thread(self, messages: list[Message],
+                          loop: asyncio.AbstractEventLoop) -> list[Outcome]:
         """Run the sync handlers for ``messages`` in order, for at most about ``_BATCH_SECONDS``."""
         deadline = time.monotonic() + _BATCH_SECONDS
         outcomes = []
         for message in messages:
             outcome = SUCCESS
             for handler, _ in self.handlers:
-                try:
-                    outcome = outcome_of(handler(message))
-                except Exception as error:
-                    outcome = outcome_of_exception(error)
+                outcome = call_sync_handler(handler, message, loop)
                 if not outcome.success:
                     break
             outcomes.append(outcome)
@@ -370,16 +449,18 @@ class _QueueWorker:
 
     async def _run_handlers(self, message: Message) -> Outcome:
         for handler, is_async in self.handlers:
-            try:
-                if is_async:
+            if is_async:
+                try:
                     returned: Any = await handler(message)
+                except BaseException as error:  # a stop of ours or a real interrupt re-raises
+                    outcome = failure_of(error)
                 else:
-                    loop = asyncio.get_running_loop()
-                    returned = await loop.run_in_executor(self.consumer._executor, handler, message)
-            except Exception as error:
-                outcome = outcome_of_exception(error)
+                    outcome = (SUCCESS if returned is None or returned is True
+                               else outcome_of(returned))
             else:
-                outcome = outcome_of(returned)
+                loop = asyncio.get_running_loop()
+                outcome = await loop.run_in_executor(self.consumer._executor, call_sync_handler,
+                                                     handler, message, loop)
             if not outcome.success:
                 return outcome
         return SUCCESS
@@ -394,6 +475,8 @@ class _QueueWorker:
                 notify(ConsumerEvent("handled", self.queue, message, count,
                                      message_id=message.get_message_id()))
             return
+        logger.warning("%s failed on %s (attempt %d): %s: %s", message.get_message_name(),
+                       self.queue, count + 1, outcome.error_type, outcome.error_message[:500])
         notify(ConsumerEvent("failed", self.queue, message, count, outcome,
                              message.get_message_id()))
         retry = decision is Decision.RETRY
@@ -408,8 +491,8 @@ class _QueueWorker:
 
     async def _forward_and_notify(self, delivery: Delivery, message: Message, outcome: Outcome,
                                   count: int, retry: bool) -> None:
-        await self._forward(delivery, outcome, count + 1 if retry else count, retry)
-        self.consumer._notify(ConsumerEvent("retried" if retry else "dead_lettered", self.queue,
+        retried = await self._forward(delivery, outcome, count, retry)
+        self.consumer._notify(ConsumerEvent("retried" if retried else "dead_lettered", self.queue,
                                             message, count, outcome, message.get_message_id()))
 
     async def _forward_guarded(self, delivery: Delivery, message: Message, outcome: Outcome,
@@ -419,32 +502,101 @@ class _QueueWorker:
         except Exception as error:
             await self._recover(delivery, error)
 
-    async def _poison(self, delivery: Delivery, error: MessageDecodeError, count: int) -> None:
-        logger.error("dead-lettering an undecodable message from %s: %s", self.queue, error)
-        await self._forward(delivery, outcome_of_exception(error), count, retry=False)
-        self.consumer._notify(ConsumerEvent("poison", self.queue, None, count,
-                                            outcome_of_exception(error), delivery.message_id))
+    async def _poison(self, delivery: Delivery, error: Exception, count: int) -> None:
+        if not isinstance(error, MessageDecodeError):
+            error = MessageDecodeError(f"decoding failed: {type(error).__name__}: {error}")
+        logger.error("dead-lettering an undecodable message from %s: %s", self.queue,
+                     str(error)[:500])
+        outcome = outcome_of_exception(error)
+        await self._forward(delivery, outcome, count, retry=False)
+        self.consumer._notify(ConsumerEvent("poison", self.queue, None, count, outcome,
+                                            delivery.message_id))
 
-    async def _forward(self, delivery: Delivery, outcome: Outcome, retries: int,
-                       retry: bool) -> None:
-        """Publish the failed message's copy (retry or dead letter), then ack the original."""
+    async def _settle_suspect(self, delivery: Delivery, count: int) -> bool:
+        """Settle a delivery whose copy a lost connection cut off, if this is one (True).
+
+        It is not run again: the first time it comes back it is dead-lettered with a summary of
+        its headers (a copy that cannot be too large for a frame); if even that is cut off, the
+        broker dead-letters it itself the next time. No message makes a consumer reconnect
+        over and over.
+        """
+        key = _key_of(delivery)
+        suspect = self.suspects.get(key)
+        if suspect is None:
+            return False
+        outcome, cut_off = suspect
+        if cut_off >= 2:
+            del self.suspects[key]
+            logger.error("a delivery from %s could not be settled twice (its copy was cut off "
+                         "by a lost connection); dead-lettering it as it is", self.queue)
+            await self._park(delivery, outcome)
+        else:
+            logger.error("a delivery from %s came back after its copy was cut off by a lost "
+                         "connection; dead-lettering it with a summary of its headers", self.queue)
+            await self._forward(delivery, outcome, count, retry=False, keep_headers=False)
+            self.suspects.pop(key, None)
+        self.consumer._notify(ConsumerEvent("dead_lettered", self.queue, None, count, outcome,
+                                            delivery.message_id))
+        return True
+
+    async def _forward(self, delivery: Delivery, outcome: Outcome, count: int, retry: bool, *,
+                       keep_headers: bool = True) -> bool:
+        """Publish the failed message's copy (retry or dead letter), then ack the original.
+
+        Return True if it went to the retry queue: a message whose headers had to be cut down
+        to fit a frame is dead-lettered even with retries left.
+        """
+        transport = self.consumer._transport
+        assert transport is not None
+        headers = failure_headers(delivery.headers, outcome, queue=self.queue,
+                                  routing_key=delivery.routing_key,
+                                  retries=count + 1 if retry else count,
+                                  limit=header_budget(frame_max_of(transport)),
+                                  keep_headers=keep_headers)
+        if retry and FAILURE_HEADERS_DROPPED in headers:
+            retry = False
+            headers = failure_headers(delivery.headers, outcome, queue=self.queue,
+                                      routing_key=delivery.routing_key, retries=count,
+                                      limit=header_budget(frame_max_of(transport)),
+                                      keep_headers=False)
         route = self.route
         copy = OutgoingMessage(
             exchange=route.retry_exchange if retry else route.dead_letter_exchange,
             routing_key=route.retry_key if retry else route.dead_letter_key,
             body=delivery.body,
-            headers=failure_headers(delivery.headers, outcome, queue=self.queue,
-                                    routing_key=delivery.routing_key, retries=retries),
+            headers=headers,
             message_id=delivery.message_id,
             type=delivery.type,
             timestamp=delivery.timestamp,
         )
-        transport = self.consumer._transport
-        assert transport is not None
-        unroutable = await transport.publish([copy])
+        try:
+            unroutable = await transport.publish([copy])
+        except BrokerConnectionError:
+            self._suspect(delivery, outcome)
+            raise
         if unroutable:
             raise ConfigurationError(
                 f"{copy.exchange} routed {copy.routing_key} to no queue: the topology of "
                 f"{self.queue} is missing; run the configurer (message left unacked)"
             )
         await delivery.ack()
+        return retry
+
+    def _suspect(self, delivery: Delivery, outcome: Outcome) -> None:
+        key = _key_of(delivery)
+        previous = self.suspects.pop(key, None)
+        if len(self.suspects) >= _SUSPECTS_LIMIT:
+            del self.suspects[next(iter(self.suspects))]  # the oldest: long gone, most likely
+        self.suspects[key] = (outcome, previous[1] + 1 if previous is not None else 1)
+
+
+def _key_of(delivery: Delivery) -> tuple[Any, ...]:
+    """What tells a delivery from others when it comes back (it has no identity of its own)."""
+    body = delivery.body
+    return (delivery.message_id, delivery.routing_key, len(body), hash(body))
+
+
+def _unreadable(headers: Any) -> MessageDecodeError:
+    reason = headers.get(UNREADABLE_PROPERTIES)
+    return MessageDecodeError(f"the message's AMQP properties cannot be read ({reason}); "
+                              "dead-lettered with its body only")

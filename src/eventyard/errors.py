@@ -6,6 +6,8 @@
     │   ├── QueueNotFoundError    consuming a queue nobody declared
     │   └── TopologyMismatchError the broker holds a queue or exchange with other arguments
     ├── MessageDecodeError        a body that is not a valid eventyard / petisco message
+    ├── InvalidHandlerResult      a handler returned neither success nor failure (its
+    │                             message's failure, never raised to the caller)
     ├── BrokerError               the broker could not be reached or refused something
     │   ├── BrokerConnectionError cannot connect, or the connection was lost mid-operation
     │   ├── PublishNackedError    the broker refused (nacked) a published message
@@ -45,6 +47,11 @@ class ChaosConfigurationError(ConfigurationError):
 
 class MessageDecodeError(EventyardError):
     """A message body cannot be decoded into a known, valid message."""
+
+
+class InvalidHandlerResult(EventyardError):
+    """A handler returned something that is neither success nor failure (a string, a number,
+    an unawaited coroutine, a nested result): its message counts as failed."""
 
 
 class BrokerError(EventyardError):

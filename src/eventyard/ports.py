@@ -12,7 +12,12 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from eventyard.headers import DEFAULT_FRAME_MAX
 from eventyard.topology import Topology
+
+UNREADABLE_PROPERTIES = "eventyard_unreadable_properties"
+"""A header a transport puts on a delivery whose properties (headers included) it could not
+read, saying why; the consumer dead-letters such a delivery, body intact."""
 
 
 @dataclass(slots=True)
@@ -86,7 +91,12 @@ class Consumption(Protocol):
 
 
 class Transport(Protocol):
-    """One connection to a broker, as eventyard's engine needs it."""
+    """One connection to a broker, as eventyard's engine needs it.
+
+    A transport may also have a ``frame_max`` attribute: the largest frame its connection
+    takes (the content header of a message, its headers included, must fit in one). A consumer
+    bounds the headers of the copies it publishes by it (``frame_max_of``).
+    """
 
     async def declare(self, topology: Topology) -> None:
         """Create what ``topology`` describes; report a clash with what exists."""
@@ -106,6 +116,12 @@ class Transport(Protocol):
 
     async def close(self) -> None:
         """Close the connection; unacked deliveries go back to their queues."""
+
+
+def frame_max_of(transport: object) -> int:
+    """The ``frame_max`` of ``transport``'s connection; ``DEFAULT_FRAME_MAX`` if it says none."""
+    value = getattr(transport, "frame_max", DEFAULT_FRAME_MAX)
+    return value if isinstance(value, int) and value >= 0 else DEFAULT_FRAME_MAX
 
 
 TransportSource = Callable[[], Awaitable[Transport]]

@@ -118,3 +118,53 @@ def test_expected_class_must_match_name_and_version() -> None:
 def test_encode_rejects_non_messages() -> None:
     with pytest.raises(TypeError, match="expected a DomainEvent or Command"):
         encode({"data": {}})  # type: ignore[arg-type]
+
+
+def _with_body(**overrides: object) -> bytes:
+    return petisco_body(**overrides)
+
+
+HOSTILE_BODIES = {
+    "date before the first day": (_with_body(occurred_on="0001-01-01T00:00:00+01:00"), "out of range"),
+    "date after the last day": (_with_body(occurred_on="9999-12-31T23:59:59-01:00"), "out of range"),
+    "date of year zero": (_with_body(occurred_on="0000-01-01 00:00:00.000000"), "not a date"),
+    "date as a number": (_with_body(occurred_on=10**30), "must be a string"),
+    "nested beyond any limit": (b'{"data": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "not JSON"),
+    "nested attributes": (_with_body(attributes={"user_id": USER, "x": json.loads("[" * 300 + "]" * 300)}),
+                          "not JSON"),
+    "not UTF-8": (b'{"data": {"type": "\xff\xfe"}}', "not JSON"),
+    "a lone surrogate": (b'{"data": {"type": "\\ud800"}}', "not JSON"),
+    "a NUL byte": (b"\x00", "not JSON"),
+    "a version of 5000 digits": (b'{"data": {"type": "user.created", "version": ' + b"9" * 5000 + b"}}",
+                                 "not JSON"),
+    "a version beyond 32 bits": (_with_body(version=2**40), "must be an integer"),
+    "an id that is a huge number": (_with_body(id=10**100), "'data.id' must be a string"),
+    "a list": (b"[1, 2]", "no 'data' object"),
+    "data as a string": (b'{"data": "x"}', "no 'data' object"),
+    "attributes as a list": (_with_body(attributes=[1]), "'data.attributes' must be an object"),
+    "a type of a megabyte": (_with_body(type="t" * 1_000_000), "unknown message type|got t+\\.\\.\\. v1"),
+}
+
+
+@pytest.mark.parametrize(("body", "expected_error"), HOSTILE_BODIES.values(), ids=HOSTILE_BODIES.keys())
+def test_anything_raised_while_decoding_is_a_decode_error(body: bytes, expected_error: str) -> None:
+    for expected in (UserCreated, None):
+        with pytest.raises(MessageDecodeError, match=expected_error) as raised:
+            decode(body, expected=expected)
+        assert len(str(raised.value)) < 1000  # a hostile value is never repeated in full
+
+
+def test_an_error_raised_by_a_validator_is_a_decode_error() -> None:
+    from pydantic import field_validator
+
+    class Touchy(DomainEvent):
+        value: int
+
+        @field_validator("value")
+        @classmethod
+        def refuse(cls, value: int) -> int:
+            raise OverflowError("too big for us")
+
+    body = json.dumps({"data": {"type": Touchy.message_name, "attributes": {"value": 1}}}).encode()
+    with pytest.raises(MessageDecodeError, match="OverflowError: too big for us"):
+        decode(body, expected=Touchy)

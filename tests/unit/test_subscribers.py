@@ -20,9 +20,51 @@ class MailDown(Error):
         self.message = "smtp is down"
 
 
-@pytest.mark.parametrize("returned", [None, True, isSuccess, Success("done"), "anything else"])
+@pytest.mark.parametrize("returned", [None, True, isSuccess, Success("done"), Success(None)])
 def test_success_outcomes(returned: Any) -> None:
     assert outcome_of(returned).success
+
+
+async def _coroutine() -> None:
+    return None
+
+
+@pytest.mark.parametrize(("returned", "what"), [
+    ("error: could not send mail", "str 'error: could not send mail'"),
+    (0, "int 0"), (1, "int 1"), (1.0, "float 1.0"), ([], "list []"), (object(), "object <"),
+    (Success(Failure(MailDown())), "a nested result"),
+    (Success(Success(True)), "a nested result"),
+    (Success(isFailure), "a nested result"),
+], ids=["string", "zero", "one", "float", "list", "object", "success-of-failure",
+        "success-of-success", "success-of-isFailure"])
+def test_anything_else_is_an_invalid_result(returned: Any, what: str) -> None:
+    outcome = outcome_of(returned)
+    assert not outcome.success
+    assert outcome.error_type == "InvalidHandlerResult"
+    assert what in outcome.error_message
+    assert type(outcome.exception).__name__ == "InvalidHandlerResult"
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_an_unawaited_coroutine_is_an_invalid_result_and_is_closed() -> None:
+    for returned in (_coroutine(), Success(_coroutine())):
+        outcome = outcome_of(returned)
+        assert (outcome.success, outcome.error_type) == (False, "InvalidHandlerResult")
+        assert "coroutine" in outcome.error_message
+    coroutine = _coroutine()
+    outcome_of(coroutine)
+    assert coroutine.cr_frame is None  # closed: no "never awaited" warning
+
+
+def test_an_exception_whose_str_raises_still_gives_an_outcome() -> None:
+    class Unprintable(Exception):
+        def __str__(self) -> str:
+            raise RuntimeError("no")
+
+    outcome = outcome_of_exception(Unprintable())
+    assert (outcome.success, outcome.error_type) == (False, "Unprintable")
+    assert "cannot be shown" in outcome.error_message
+    assert outcome_of_exception(ValueError("x" * 50_000)).error_message == "x" * 10_000
 
 
 @pytest.mark.parametrize(("returned", "error_type"), [

@@ -3,7 +3,9 @@
 aiormq reads every frame with three ``readexactly`` calls under a lock; at thousands of
 messages a second (three frames each) that costs more than decoding them. This reader takes
 whatever the socket has (up to 64 KiB) and cuts as many whole frames out of it as it holds,
-returning the same frames, in the same order, with the same errors at end of stream.
+returning the same frames, in the same order, with the same errors at end of stream. A frame
+pamqp cannot read is read leniently (``lenient``): one hostile message must not end the
+connection.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from typing import Any
 
 import aiormq.connection as amqp_connection
 import pamqp.frame
-from aiormq.exceptions import AMQPConnectionError, InvalidFrameError, ProtocolSyntaxError
-from pamqp.exceptions import PAMQPException
+from aiormq.exceptions import AMQPConnectionError, ProtocolSyntaxError
+
+from eventyard.rabbitmq.lenient import unmarshal_leniently
 
 _HEADER = struct.Struct(">BHI")  # frame type, channel, payload size
 _READ_SIZE = 65536
@@ -47,8 +50,8 @@ class BufferedFrameReceiver(amqp_connection.FrameReceiver):
                     del buffer[:end]
                     try:
                         return pamqp.frame.unmarshal(raw)
-                    except PAMQPException as error:
-                        raise InvalidFrameError(str(error)) from error
+                    except Exception as error:  # a hostile message's properties, say
+                        return unmarshal_leniently(raw, error)
             try:
                 data = await self.reader.read(_READ_SIZE)
             except OSError as error:
