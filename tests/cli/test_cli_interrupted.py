@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from cli.conftest import LEGACY, TIMEOUT, Service
+from cli.conftest import EVENTYARD, LEGACY, TIMEOUT, Service, wait_until
 from eventyard.rabbitmq import dead_letters
 from eventyard.rabbitmq.dead_letters import Step
 from eventyard.rabbitmq.inspection import connect
@@ -85,3 +85,38 @@ def test_killed_requeue_process_keeps_every_message_once(service: Service) -> No
 
     on_the_way, left = assert_each_once(service, ids)
     assert len(on_the_way) >= 3 and left
+
+
+def test_connection_cut_mid_requeue_is_one_error_line_and_loses_nothing(service: Service) -> None:
+    from urllib.parse import urlsplit
+
+    from support.tcpproxy import TcpProxy
+
+    service.retry_ttl_ms = LONG_TTL_MS
+    ids = service.dead_letter(COUNT, max_retries=0)
+    broker = urlsplit(service.url)
+    proxy = TcpProxy(broker.hostname or "127.0.0.1", broker.port or 5672)
+    env = {**service.env(), "RABBITMQ_URL": proxy.url(broker.username or "guest", broker.password or "guest")}
+    process = subprocess.Popen(
+        [str(EVENTYARD), "dlq", "requeue", "-o", service.org, "-s", "registration",
+         "-q", service.dead_letter_queue, "--wait", "0.3"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: service.count(service.retry_queue) >= 2, "two messages requeued")
+        assert proxy.cut() >= 1
+        _, stderr = process.communicate(timeout=TIMEOUT)
+    finally:
+        process.kill()
+        process.wait(TIMEOUT)
+        proxy.close()
+
+    assert process.returncode == 1, stderr
+    assert "Traceback" not in stderr, stderr
+    flat = " ".join(stderr.split())
+    assert "Error: the connection to RabbitMQ failed during a requeue of" in flat
+    assert "requeued before that; every other one is still in its dead-letter queue" in flat
+    on_the_way = service.take_ids(service.retry_queue)
+    left = service.take_ids(service.dead_letter_queue)
+    assert set(on_the_way + left) == set(ids), "a message was lost"
+    assert len(on_the_way) + len(left) - len(ids) <= 1  # only a cut between confirm and ack repeats one
+    assert len(on_the_way) >= 2 and left

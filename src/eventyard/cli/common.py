@@ -89,9 +89,27 @@ def reported() -> Iterator[None]:
              "the traceback)", RUNTIME_ERROR)
 
 
+@contextlib.contextmanager
+def quiet_aiormq() -> Iterator[None]:
+    """aiormq logs a lost connection with a traceback; the command reports it in one line.
+
+    Left as it is with ``--verbose`` (the root logger at INFO or below).
+    """
+    if logging.getLogger().getEffectiveLevel() <= logging.INFO:
+        yield
+        return
+    noisy = logging.getLogger("aiormq")
+    level = noisy.level
+    noisy.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        noisy.setLevel(level)
+
+
 def run(coro: Coroutine[Any, Any, T]) -> T:
     """Run ``coro``; turn eventyard errors into a message and an exit status."""
-    with reported():
+    with reported(), quiet_aiormq():
         return asyncio.run(coro)
 
 

@@ -18,6 +18,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from eventyard import naming
+from eventyard.cli.common import quiet_aiormq
 from eventyard.errors import ConfigurationError, EventyardError
 from eventyard.rabbitmq import dead_letters
 from eventyard.rabbitmq.dead_letters import Report, Step
@@ -127,7 +128,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ConfigurationError as error:
         parser.error(str(error))
     try:
-        report = asyncio.run(_requeue(settings, args, queues))
+        with quiet_aiormq():
+            report = asyncio.run(_requeue(settings, args, queues))
     except LookupError as error:
         parser.error(str(error.args[0]))
     except KeyboardInterrupt:  # the message in hand was finished; the rest stays dead-lettered

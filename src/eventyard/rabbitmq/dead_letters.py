@@ -340,13 +340,27 @@ def route_for(org: str, svc: str, dead_letter_queue: str,
     return route_of(org, svc, queue, store_queue)
 
 
-_BROKER_FAILURES = (amqp_errors.AMQPError, ConnectionError, OSError)
+# A lost connection surfaces as any of these, depending on what was in flight.
+_BROKER_FAILURES = (amqp_errors.AMQPError, amqp_errors.ChannelInvalidStateError, ConnectionError,
+                    OSError)
 
 
 def _lost(error: BaseException, what: str, queue: str) -> BrokerConnectionError:
+    # aiormq names a channel by its repr once the connection under it is gone: say that instead.
+    reason = ("the connection was lost" if isinstance(error, amqp_errors.ChannelInvalidStateError)
+              else reply_text(error) or type(error).__name__)
     return BrokerConnectionError(
-        f"the connection to RabbitMQ failed during {what} of {queue} ({reply_text(error)}); "
-        "every message not reported as moved is still in its dead-letter queue")
+        f"the connection to RabbitMQ failed during {what} of {queue} ({reason})")
+
+
+def _lost_after(error: BrokerConnectionError, report: Report, outcome: StepOutcome) -> BrokerConnectionError:
+    """``error`` saying how far the run went: what was done stays done, the rest stayed put."""
+    done = report.count(outcome)
+    in_flight = (" (the one in flight may have reached its retry queue as well)"
+                 if outcome == "requeued" else " (unless the last ack was lost with the connection)")
+    return BrokerConnectionError(
+        f"{error}: {done} message{'' if done == 1 else 's'} {outcome} before that; every other "
+        f"one is still in its dead-letter queue{in_flight}")
 
 
 async def _fetch(channel: AbstractChannel, queue: str) -> DeliveredMessage | None:
@@ -673,48 +687,62 @@ async def requeue(
         if on_step is not None:
             on_step(step)
 
-    for queue, route in routes.items():
-        try:
-            publisher = None if dry_run else await connection.channel(publisher_confirms=True,
-                                                                      on_return_raises=False)
-        except _BROKER_FAILURES as error:
-            raise _lost(error, "a requeue", queue) from error
-        where = f"{route.retry_exchange} {route.retry_key}"
-        try:
-            async with contextlib.aclosing(_letters(connection, queue, "a requeue")) as held:
-                async for getter, message, letter in held:
-                    seen |= select.ids_of(letter)
-                    if not select.matches(letter):
-                        record(Step.of(letter, "skipped"))
-                        continue
-                    try:
-                        properties = copy_properties(message.header.properties, letter,
-                                                     delay_ms=delay_ms, frame_max=frame_max)
-                    except CopyProblem as problem:
-                        logger.error("requeue of %s from %s failed: %s", letter.id, queue, problem)
-                        record(Step.of(letter, "failed", str(problem)))
-                        continue  # left unacked: it goes back when the run ends
-                    if publisher is None:
-                        record(Step.of(letter, "would_requeue", where))
-                        continue
-                    try:
-                        failure = await _uninterrupted(asyncio.ensure_future(
-                            _move(getter, publisher, message, properties, letter, route)))
-                    except _BROKER_FAILURES as error:
-                        raise _lost(error, "a requeue", queue) from error
-                    if failure is not None:
-                        logger.error("requeue of %s from %s failed: %s", letter.id, queue, failure)
-                        record(Step.of(letter, "failed", failure))
-                        break
-                    record(Step.of(letter, "requeued", where))
-                    if wait_seconds > 0:
-                        await asyncio.sleep(wait_seconds)  # pacing asked for by the operator
-        finally:
-            if publisher is not None and not publisher.is_closed:
-                with contextlib.suppress(Exception):
-                    await publisher.close()
+    try:
+        for queue, route in routes.items():
+            await _requeue_queue(connection, queue, route, report, record, select, seen,
+                                 frame_max=frame_max, delay_ms=delay_ms, wait_seconds=wait_seconds)
+    except BrokerConnectionError as error:
+        if dry_run:
+            raise BrokerConnectionError(f"{error}; nothing was moved (dry run)") from error
+        raise _lost_after(error, report, "requeued") from error
     report.not_found = sorted(select.message_ids - seen)
     return report
+
+
+async def _requeue_queue(connection: AbstractConnection, queue: str, route: Route, report: Report,
+                         record: StepCallback, select: Selection, seen: set[str], *,
+                         frame_max: int, delay_ms: int | None, wait_seconds: float) -> None:
+    """Requeue the selected dead letters of one queue (see ``requeue``)."""
+    dry_run = report.dry_run
+    try:
+        publisher = None if dry_run else await connection.channel(publisher_confirms=True,
+                                                                  on_return_raises=False)
+    except _BROKER_FAILURES as error:
+        raise _lost(error, "a requeue", queue) from error
+    where = f"{route.retry_exchange} {route.retry_key}"
+    try:
+        async with contextlib.aclosing(_letters(connection, queue, "a requeue")) as held:
+            async for getter, message, letter in held:
+                seen |= select.ids_of(letter)
+                if not select.matches(letter):
+                    record(Step.of(letter, "skipped"))
+                    continue
+                try:
+                    properties = copy_properties(message.header.properties, letter,
+                                                 delay_ms=delay_ms, frame_max=frame_max)
+                except CopyProblem as problem:
+                    logger.error("requeue of %s from %s failed: %s", letter.id, queue, problem)
+                    record(Step.of(letter, "failed", str(problem)))
+                    continue  # left unacked: it goes back when the run ends
+                if publisher is None:
+                    record(Step.of(letter, "would_requeue", where))
+                    continue
+                try:
+                    failure = await _uninterrupted(asyncio.ensure_future(
+                        _move(getter, publisher, message, properties, letter, route)))
+                except _BROKER_FAILURES as error:
+                    raise _lost(error, "a requeue", queue) from error
+                if failure is not None:
+                    logger.error("requeue of %s from %s failed: %s", letter.id, queue, failure)
+                    record(Step.of(letter, "failed", failure))
+                    break
+                record(Step.of(letter, "requeued", where))
+                if wait_seconds > 0:
+                    await asyncio.sleep(wait_seconds)  # pacing asked for by the operator
+    finally:
+        if publisher is not None and not publisher.is_closed:
+            with contextlib.suppress(Exception):
+                await publisher.close()
 
 
 async def discard(connection: AbstractConnection, queues: Sequence[str], *,
@@ -722,20 +750,23 @@ async def discard(connection: AbstractConnection, queues: Sequence[str], *,
     """Delete the selected dead letters of ``queues`` for good."""
     report = Report()
     seen: set[str] = set()
-    for queue in queues:
-        async with contextlib.aclosing(_letters(connection, queue, "a discard")) as held:
-            async for getter, message, letter in held:
-                seen |= select.ids_of(letter)
-                outcome: StepOutcome = "discarded" if select.matches(letter) else "skipped"
-                if outcome == "discarded":
-                    try:
-                        await getter.basic_ack(int(getattr(message.delivery, "delivery_tag", 0)))
-                    except _BROKER_FAILURES as error:
-                        raise _lost(error, "a discard", queue) from error
-                step = Step.of(letter, outcome)
-                report.steps.append(step)
-                if on_step is not None:
-                    on_step(step)
+    try:
+        for queue in queues:
+            async with contextlib.aclosing(_letters(connection, queue, "a discard")) as held:
+                async for getter, message, letter in held:
+                    seen |= select.ids_of(letter)
+                    outcome: StepOutcome = "discarded" if select.matches(letter) else "skipped"
+                    if outcome == "discarded":
+                        try:
+                            await getter.basic_ack(int(getattr(message.delivery, "delivery_tag", 0)))
+                        except _BROKER_FAILURES as error:
+                            raise _lost(error, "a discard", queue) from error
+                    step = Step.of(letter, outcome)
+                    report.steps.append(step)
+                    if on_step is not None:
+                        on_step(step)
+    except BrokerConnectionError as error:
+        raise _lost_after(error, report, "discarded") from error
     report.not_found = sorted(select.message_ids - seen)
     return report
 
