@@ -23,6 +23,7 @@ from eventyard.rabbitmq import (
     RabbitMqMessageConsumer,
 )
 from eventyard.rabbitmq.settings import settings_from
+from eventyard.topology import TopologyOptions
 from support.broker import RabbitBroker
 from support.rabbitnode import free_port
 from support.waiting import wait_until
@@ -192,3 +193,41 @@ def test_every_fail_over_host_is_reported(rabbit: RabbitBroker) -> None:
             assert "Is the broker running?" in message and "RABBITMQ_VHOST" in message
     finally:
         connector.close()
+
+
+def test_a_connection_the_broker_closes_is_reported_once_with_its_reason(
+        rabbit: RabbitBroker, org: str, caplog: pytest.LogCaptureFixture) -> None:
+    name = f"eventyard-conn-{uuid.uuid4().hex[:10]}"
+    connector = RabbitMqConnector(rabbit.url, name=name)
+    options = TopologyOptions(store_queue=f"store.{org}")
+    caplog.set_level(logging.WARNING)
+    try:
+        RabbitMqMessageConfigurer(connector, org, "registration", options=options).configure()
+        bus = RabbitMqDomainEventBus(connector, org, "registration")
+        transport = connector.loop_thread.run(connector.publisher_transport())
+
+        _ctl(rabbit, "close_connection", _connection_pid(rabbit, f"{name}-publisher"),
+             "closed by an eventyard test")
+        wait_until(lambda: transport.reconnections == 1, 15, "the publisher to reconnect")
+        bus.publish([UserCreated(user_id=Uuid.v4()) for _ in range(2)])  # the event loop's path
+    finally:
+        connector.close()
+        rabbit.inspector.delete_matching(org)
+    warnings = [r.getMessage() for r in caplog.records if r.name.startswith("eventyard")]
+    assert any("lost (CONNECTION_FORCED - closed by an eventyard test" in w for w in warnings)
+    assert _aiormq_errors(caplog) == []  # aiormq's own line for the same close is not repeated
+
+
+def _connection_pid(rabbit: RabbitBroker, connection_name: str) -> str:
+    """The broker's pid of the connection named ``connection_name`` (rabbitmqctl's table)."""
+    command = ["rabbitmqctl", "-q"]
+    if rabbit.inspector.nodename:
+        command += ["-n", rabbit.inspector.nodename]
+    result = subprocess.run([*command, "list_connections", "--no-table-headers", "pid",
+                             "client_properties"], env=rabbit.inspector.ctl_env, check=True,
+                            capture_output=True, text=True, timeout=60)
+    for line in result.stdout.splitlines():
+        pid, _, properties = line.partition("\t")
+        if f'{{"connection_name","{connection_name}"}}' in properties:
+            return pid
+    raise AssertionError(f"no connection named {connection_name!r} on the broker")

@@ -2,8 +2,9 @@
 
 A failure to connect is told apart (broker down, no answer, TLS not trusted or refused, login
 refused, vhost missing, vhost not allowed) and each gets its own hint; the password never
-shows. aiormq logs its own ERROR line for a connection it could not open: eventyard reports
-that failure itself, so the line is dropped while eventyard connects.
+shows. aiormq logs records of its own (an ERROR line, a traceback) for a connection it could
+not open and for one that was closed or lost; eventyard reports both itself, so on eventyard's
+connections those records are dropped (aiormq's other records pass).
 """
 
 from __future__ import annotations
@@ -50,18 +51,29 @@ _PLAIN_TO_TLS = "Is that the broker's TLS port? Use an amqps:// URL there (or RA
 _GENERIC = ("Is the broker running and reachable? Check RABBITMQ_HOST / RABBITMQ_PORT / "
             "RABBITMQ_USER / RABBITMQ_PASSWORD / RABBITMQ_VHOST, or the URL.")
 
-_QUIET: contextvars.ContextVar[bool] = contextvars.ContextVar("eventyard_connecting",
-                                                              default=False)
+# Set while eventyard opens a connection. aiormq's tasks for that connection (its reader
+# included) start inside the open and inherit it: it marks eventyard's connections.
+_OURS: contextvars.ContextVar[bool] = contextvars.ContextVar("eventyard_connection",
+                                                             default=False)
+_REPORTED = ("error when creating transport", "Unexpected connection close from remote")
+_LOST = "Cancelling cause reader exited abnormally"
 
 
-class _QuietWhileConnecting(logging.Filter):
-    """Drops aiormq's error records about a connection eventyard is opening (and reports)."""
+class _ReportedByEventyard(logging.Filter):
+    """Drops aiormq's records of failures eventyard reports itself, on its connections."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (_QUIET.get() and record.levelno >= logging.ERROR)
+        if not _OURS.get():
+            return True
+        text = str(record.msg)
+        if record.levelno >= logging.ERROR and text.startswith(_REPORTED):
+            return False
+        # The reader's traceback when the connection was closed or lost (not when it broke).
+        error = record.exc_info[1] if record.exc_info else None
+        return not (text.startswith(_LOST) and isinstance(error, OSError))
 
 
-logging.getLogger("aiormq.connection").addFilter(_QuietWhileConnecting())
+logging.getLogger("aiormq.connection").addFilter(_ReportedByEventyard())
 
 
 class HandshakeRefused(Exception):
@@ -208,7 +220,7 @@ async def open_connection(settings: ConnectionSettings, name: str) -> AbstractCo
     for (host, port), entry in zip(settings.endpoints, settings.hosts, strict=True):
         extra: dict[str, Any] = (
             {"context": context, "server_hostname": settings.server_name(host)} if context else {})
-        token = _QUIET.set(True)
+        token = _OURS.set(True)
         try:
             with buffered_frames():
                 return await asyncio.wait_for(
@@ -220,5 +232,5 @@ async def open_connection(settings: ConnectionSettings, name: str) -> AbstractCo
                 cause = await _diagnose_vhost(settings, host, port)
             problems.append(explain(cause, settings, host, port))
         finally:
-            _QUIET.reset(token)
+            _OURS.reset(token)
     raise connection_error(settings, problems)

@@ -30,7 +30,7 @@ from eventyard.errors import (
 from eventyard.headers import DEFAULT_FRAME_MAX
 from eventyard.ports import DeliveryCallback, OutgoingMessage
 from eventyard.rabbitmq.blocking import timeout_error
-from eventyard.rabbitmq.connecting import open_connection
+from eventyard.rabbitmq.connecting import open_connection, scrub
 from eventyard.rabbitmq.delivery import RabbitMqDelivery, Settlements
 from eventyard.rabbitmq.inspection import reply_text
 from eventyard.rabbitmq.pipelining import can_pipeline, publish_pipelined
@@ -91,12 +91,14 @@ class RabbitMqTransport:
         self._ready.set()
 
     def _on_connection_closed(self, closing: asyncio.Future[Any]) -> None:
-        if not closing.cancelled():
-            closing.exception()  # mark retrieved; the reason is logged below
+        reason = None if closing.cancelled() else closing.exception()  # retrieved: logged below
         if self._closed or (self._reconnecting and not self._reconnecting.done()):
             return
         self._ready.clear()
-        logger.warning("connection to RabbitMQ at %s lost; reconnecting", self.settings.describe())
+        why = "closed" if reason is None else (
+            getattr(reason, "strerror", None) or str(reason) or type(reason).__name__)
+        logger.warning("connection to RabbitMQ at %s lost (%s); reconnecting",
+                       self.settings.describe(), scrub(str(why), self.settings))
         self._reconnecting = asyncio.get_running_loop().create_task(self._reconnect())
 
     async def _reconnect(self) -> None:
@@ -272,6 +274,8 @@ class RabbitMqTransport:
         self._ready.clear()
         if self._reconnecting is not None:
             self._reconnecting.cancel()
+            # Let it unwind (it may be half-way through a connect) before the loop goes away.
+            await asyncio.wait((self._reconnecting,), timeout=self.settings.connect_timeout)
         for consumption in self._consumptions:
             consumption.stop_pump()
         self._consumptions.clear()
