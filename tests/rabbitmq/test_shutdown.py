@@ -1,0 +1,181 @@
+"""Shutdown is bounded: a process whose sync handler hangs still exits after SIGTERM (issue 10).
+
+The consumer runs in a process of its own, as a service would. Its handler never returns; on
+SIGTERM the consumer stops taking messages, waits ``shutdown_timeout`` (1 s here) for the
+handler, gives up on it and the process exits; the message, never acked, is back in its queue.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from contract.samples import UserCreated
+from eventyard import MessageSubscriber, Uuid
+from eventyard.rabbitmq import RabbitMqConnector, RabbitMqDomainEventBus, RabbitMqMessageConfigurer
+from eventyard.topology import TopologyOptions
+from support.broker import RabbitBroker
+from support.waiting import wait_until
+
+pytestmark = pytest.mark.rabbitmq
+
+SHUTDOWN_TIMEOUT = 1.0
+MARGIN = 10.0  # starting the interpreter, closing connections: generous on a busy machine
+SERVICE = "shutdown"
+
+SCRIPT = textwrap.dedent('''
+    import sys
+    import threading
+
+    from eventyard import ConsumerSettings, DomainEvent, MessageSubscriber, Uuid
+    from eventyard.rabbitmq import RabbitMqConnector, RabbitMqMessageConsumer
+
+
+    class UserCreated(DomainEvent):
+        user_id: Uuid
+
+
+    def hang_handler(event: UserCreated) -> None:
+        print("handling", flush=True)
+        threading.Event().wait()  # hangs for ever
+
+
+    def slow_handler(event: UserCreated) -> None:
+        threading.Event().wait(0.02)  # the handler's own work
+        print(f"handled {event.get_message_id()}", flush=True)
+
+
+    url, organization, mode = sys.argv[1:4]
+    connector = RabbitMqConnector(url)
+    concurrent = mode == "concurrent"
+    consumer = RabbitMqMessageConsumer(connector, organization, "shutdown", 0, settings=ConsumerSettings(
+        shutdown_timeout=1.0 if not concurrent else 30.0, store_queue=f"store.{organization}",
+        concurrency=4 if concurrent else 1, prefetch=10))
+    handler = slow_handler if concurrent else hang_handler
+    consumer.add_subscribers([MessageSubscriber.from_message(UserCreated, [handler])])
+    if mode in ("run", "concurrent"):
+        print("consuming", flush=True)
+        consumer.run()  # until SIGTERM
+        connector.close()
+        print("stopped", flush=True)
+    else:
+        consumer.start()
+        print("consuming", flush=True)
+        # the script ends here; the consumer keeps the process alive until SIGTERM
+''')
+
+
+class Lines:
+    """The lines a process prints, read on a thread of their own."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.lines: list[str] = []
+        assert process.stdout is not None
+        self._thread = threading.Thread(target=self._read, args=(process.stdout,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream: object) -> None:
+        for line in stream:  # type: ignore[attr-defined]
+            self.lines.append(line.strip())
+
+
+@pytest.fixture
+def organization(rabbit: RabbitBroker) -> Iterator[str]:
+    name = f"t{uuid.uuid4().hex[:10]}"
+    connector = RabbitMqConnector(rabbit.url)
+    subscribers = [MessageSubscriber.from_message(UserCreated, list(handler_stubs()))]
+    configurer = RabbitMqMessageConfigurer(connector, name, SERVICE,
+                                           options=TopologyOptions(store_queue=f"store.{name}"))
+    configurer.configure_subscribers(subscribers)
+    try:
+        yield name
+    finally:
+        configurer.clear_subscribers(subscribers)
+        connector.close()
+        rabbit.inspector.delete_matching(name)
+
+
+def handler_stubs() -> tuple[object, object]:
+    """Handlers named as the script's, so the test declares the queues the script consumes."""
+    def hang_handler(event: UserCreated) -> None:
+        return None
+
+    def slow_handler(event: UserCreated) -> None:
+        return None
+    return hang_handler, slow_handler
+
+
+@pytest.mark.parametrize("mode", ["run", "start"], ids=["consumer.run()", "consumer.start() then the end"])
+def test_a_hung_sync_handler_does_not_keep_the_process_alive_after_sigterm(
+        rabbit: RabbitBroker, organization: str, tmp_path: Path, mode: str) -> None:
+    script = tmp_path / "service.py"
+    script.write_text(SCRIPT)
+    process = subprocess.Popen([sys.executable, str(script), rabbit.url, organization, mode],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = Lines(process)
+        wait_until(lambda: "consuming" in lines.lines, timeout=30, what="the consumer to start")
+        with RabbitMqConnector(rabbit.url) as connector:
+            RabbitMqDomainEventBus(connector, organization, SERVICE).publish(UserCreated(user_id=Uuid.v4()))
+        wait_until(lambda: "handling" in lines.lines, timeout=30, what="the handler to start")
+        sent = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=SHUTDOWN_TIMEOUT + MARGIN)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the process did not exit within {SHUTDOWN_TIMEOUT + MARGIN}s of SIGTERM "
+                        f"(printed {lines.lines})")
+        took = time.monotonic() - sent
+        assert process.returncode == 0, process.stderr.read() if process.stderr else ""
+        assert took >= SHUTDOWN_TIMEOUT  # it did wait for the handler first
+        if mode == "run":
+            assert lines.lines[-1:] == ["stopped"] or "stopped" in lines.lines
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    queue = f"{organization}.{SERVICE}.1.event.user_created.hang_handler"
+    # Never acked: back in its queue for the next consumer.
+    wait_until(lambda: rabbit.inspector.count(queue) == 1, timeout=10, what="the message back in its queue")
+
+
+def test_a_graceful_stop_at_concurrency_4_acks_every_handled_message(
+        rabbit: RabbitBroker, organization: str, tmp_path: Path) -> None:
+    """SIGTERM after some messages were handled, four at a time: each handled one was acked
+    before the process exited (none comes back), every other one is back in the queue."""
+    script = tmp_path / "service.py"
+    script.write_text(SCRIPT)
+    queue = f"{organization}.{SERVICE}.1.event.user_created.slow_handler"
+    events = [UserCreated(user_id=Uuid.v4()) for _ in range(200)]
+    with RabbitMqConnector(rabbit.url) as connector:
+        RabbitMqDomainEventBus(connector, organization, SERVICE).publish(events)
+    process = subprocess.Popen([sys.executable, str(script), rabbit.url, organization, "concurrent"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = Lines(process)
+        wait_until(lambda: sum(line.startswith("handled") for line in lines.lines) >= 20, timeout=30,
+                   what="20 messages handled")
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+        assert process.returncode == 0, process.stderr.read() if process.stderr else ""
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    handled = {line.split()[1] for line in lines.lines if line.startswith("handled")}
+    assert 20 <= len(handled) < len(events)
+    wait_until(lambda: rabbit.inspector.count(queue) == len(events) - len(handled), timeout=10,
+               what=f"{len(events) - len(handled)} messages back in the queue, none of them handled")
+    left = {json.loads(body)["data"]["id"] for body, _, _ in rabbit.inspector.take(queue)}
+    assert not left & handled
+    assert left | handled == {event.get_message_id() for event in events}
