@@ -60,6 +60,7 @@ def test_an_id_selects_by_message_id_or_fingerprint() -> None:
     assert Selection.of([fingerprint(b"x")]).matches(odd)
     assert Selection.of(["\x1b[2Jx"]).matches(odd)
     assert not Selection.of(["other"]).matches(odd)
+    assert not Selection.of([""]).matches(letter(b"y"))  # an empty id names no message
     assert Selection.of(undecodable=True).matches(odd)
 
 

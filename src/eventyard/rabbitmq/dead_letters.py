@@ -307,7 +307,8 @@ class Selection:
 
     def ids_of(self, letter: DeadLetter) -> set[str]:
         """The asked-for ids that name ``letter``."""
-        return set(self.message_ids & {letter.id, letter.fingerprint, letter.message_id or ""})
+        names = {letter.id, letter.fingerprint} | ({letter.message_id} if letter.message_id else set())
+        return set(self.message_ids & names)
 
     def matches(self, letter: DeadLetter) -> bool:
         """True when ``letter`` is selected."""
