@@ -226,3 +226,11 @@ def test_a_store_mismatch_names_the_fix() -> None:
     assert "store_queue=" in topology.mismatch_hint("retry.store")
     assert "topology verify" in topology.mismatch_hint("store")
     assert topology.mismatch_hint(MAIL_Q) == ""
+
+
+def test_the_cli_layout_option_gives_the_petisco_preset() -> None:
+    from eventyard.cli.common import topology_options
+
+    petisco = topology_options(100, 3, "store", False, "classic", "petisco")
+    assert petisco == TopologyOptions.petisco(retry_ttl_ms=100, max_retries=3)
+    assert topology_options(100, 3, "store", False).layout == "eventyard"

@@ -41,6 +41,9 @@ Url = Annotated[str | None, typer.Option(
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 StoreQueue = Annotated[str, typer.Option("--store-queue", help="Name of the store queue.")]
 NoStore = Annotated[bool, typer.Option("--no-store", help="The application declares no store queues.")]
+Layout = Annotated[str, typer.Option(
+    "--layout", help="eventyard (default), or petisco: exactly what petisco 2.2.3 declares "
+    "(a 5 s TTL on main queues, petisco's store bindings), to share a vhost with petisco services.")]
 RetryTtl = Annotated[int, typer.Option("--retry-ttl", "-rttl", min=0,
                                        help="Retry delay in milliseconds (retry queues' x-message-ttl).")]
 MaxRetries = Annotated[int, typer.Option("--max-retries", "-mr", min=0,
@@ -143,11 +146,15 @@ def load_subscribers(spec: str) -> list[MessageSubscriber]:
 
 
 def topology_options(retry_ttl: int, max_retries: int, store_queue: str, no_store: bool,
-                     queue_type: str = "classic") -> TopologyOptions:
+                     queue_type: str = "classic", layout: str = "eventyard") -> TopologyOptions:
     """Topology options from command-line values (exit 2 when they are invalid)."""
+    values: dict[str, Any] = {"retry_ttl_ms": retry_ttl, "max_retries": max_retries,
+                              "store": not no_store, "store_queue": store_queue,
+                              "queue_type": queue_type}
     try:
-        return TopologyOptions(retry_ttl_ms=retry_ttl, max_retries=max_retries, store=not no_store,
-                               store_queue=store_queue, queue_type=queue_type)  # type: ignore[arg-type]
+        if layout == "petisco":
+            return TopologyOptions.petisco(**values)
+        return TopologyOptions(layout=layout, **values)  # type: ignore[arg-type]
     except ConfigurationError as error:
         fail(str(error))
 

@@ -16,6 +16,7 @@ import typer
 from eventyard import naming
 from eventyard.cli import dlq, topology
 from eventyard.cli.common import (
+    Layout,
     MaxRetries,
     NoStore,
     Organization,
@@ -73,12 +74,12 @@ def _root(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log wha
 def configure(app_spec: AppArgument, organization: Organization, service: Service,
               retry_ttl: RetryTtl = DEFAULT_RETRY_TTL_MS, max_retries: MaxRetries = DEFAULT_MAX_RETRIES,
               queue_type: QueueType = "classic", store_queue: StoreQueue = naming.STORE_QUEUE,
-              no_store: NoStore = False, url: Url = None) -> None:
+              no_store: NoStore = False, layout: Layout = "eventyard", url: Url = None) -> None:
     """Declare the application's exchanges, queues and bindings (idempotent)."""
     from eventyard.rabbitmq import RabbitMqConnector, RabbitMqMessageConfigurer
 
     subscribers = load_subscribers(app_spec)
-    options = topology_options(retry_ttl, max_retries, store_queue, no_store, queue_type)
+    options = topology_options(retry_ttl, max_retries, store_queue, no_store, queue_type, layout)
     connector = RabbitMqConnector(settings=settings(url))
     try:
         with reported():
@@ -96,7 +97,7 @@ def configure(app_spec: AppArgument, organization: Organization, service: Servic
 def consume(app_spec: AppArgument, organization: Organization, service: Service,
             max_retries: MaxRetries = DEFAULT_MAX_RETRIES, retry_ttl: RetryTtl = DEFAULT_RETRY_TTL_MS,
             queue_type: QueueType = "classic", store_queue: StoreQueue = naming.STORE_QUEUE,
-            no_store: NoStore = False,
+            no_store: NoStore = False, layout: Layout = "eventyard",
             no_configure: Annotated[bool, typer.Option(
                 "--no-configure", help="Do not declare the topology before consuming.")] = False,
             prefetch: Annotated[int | None, typer.Option(min=1, help="Unacked messages per queue.")]
@@ -108,7 +109,7 @@ def consume(app_spec: AppArgument, organization: Organization, service: Service,
     from eventyard.rabbitmq import RabbitMqConnector, RabbitMqMessageConfigurer, RabbitMqMessageConsumer
 
     subscribers = load_subscribers(app_spec)
-    options = topology_options(retry_ttl, max_retries, store_queue, no_store, queue_type)
+    options = topology_options(retry_ttl, max_retries, store_queue, no_store, queue_type, layout)
     connector = RabbitMqConnector(settings=settings(url))
     try:
         with reported():
@@ -118,7 +119,8 @@ def consume(app_spec: AppArgument, organization: Organization, service: Service,
             consumer = RabbitMqMessageConsumer(
                 connector, organization, service, max_retries,
                 settings=ConsumerSettings(prefetch=prefetch or connector.settings.prefetch_count,
-                                          concurrency=concurrency or 1, store_queue=store_queue))
+                                          concurrency=concurrency or 1, store_queue=store_queue),
+                options=options)
             consumer.add_subscribers(subscribers)
             err.print(f"consuming {organization}.{service} on {connector.settings.describe()} "
                       "(Ctrl-C or SIGTERM to stop)")

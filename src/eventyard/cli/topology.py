@@ -10,6 +10,7 @@ from rich.table import Table
 from eventyard import naming
 from eventyard.cli.common import (
     JsonFlag,
+    Layout,
     MaxRetries,
     NoStore,
     Organization,
@@ -50,9 +51,9 @@ def topology_json(topology: Topology) -> dict[str, Any]:
 def show(app_spec: AppArgument, organization: Organization, service: Service,
          retry_ttl: RetryTtl = DEFAULT_RETRY_TTL_MS, max_retries: MaxRetries = DEFAULT_MAX_RETRIES,
          queue_type: QueueType = "classic", store_queue: StoreQueue = naming.STORE_QUEUE,
-         no_store: NoStore = False, json_output: JsonFlag = False) -> None:
+         no_store: NoStore = False, layout: Layout = "eventyard", json_output: JsonFlag = False) -> None:
     """The exchanges, queues (with arguments) and bindings the application declares."""
-    options = topology_options(retry_ttl, max_retries, store_queue, no_store, queue_type)
+    options = topology_options(retry_ttl, max_retries, store_queue, no_store, queue_type, layout)
     topology = app_topology(app_spec, organization, service, options)
     if json_output:
         print_json(topology_json(topology))
@@ -89,9 +90,10 @@ def report_json(report: VerifyReport) -> dict[str, Any]:
 def verify(app_spec: AppArgument, organization: Organization, service: Service,
            retry_ttl: RetryTtl = DEFAULT_RETRY_TTL_MS, max_retries: MaxRetries = DEFAULT_MAX_RETRIES,
            queue_type: QueueType = "classic", store_queue: StoreQueue = naming.STORE_QUEUE,
-           no_store: NoStore = False, json_output: JsonFlag = False, url: Url = None) -> None:
+           no_store: NoStore = False, layout: Layout = "eventyard", json_output: JsonFlag = False,
+           url: Url = None) -> None:
     """Compare the broker with what the application declares; exit 1 when they differ."""
-    options = topology_options(retry_ttl, max_retries, store_queue, no_store, queue_type)
+    options = topology_options(retry_ttl, max_retries, store_queue, no_store, queue_type, layout)
     topology = app_topology(app_spec, organization, service, options)
     connection_settings = settings(url)
 
