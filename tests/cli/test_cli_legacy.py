@@ -103,3 +103,28 @@ def test_help_shows_the_seed_flags(service: Service) -> None:
                  "-wtr WAIT_TO_REQUEUE, --wait-to-requeue WAIT_TO_REQUEUE"):
         assert flag in result.stdout
     assert "eventyard-rabbitmq helps us on rabbitmq iteration" in result.stdout
+
+
+def test_the_seeds_own_command_with_long_flags_and_two_queues(service: Service) -> None:
+    import asyncio
+
+    import aiormq
+
+    ids = service.dead_letter(2)
+    sms = f"{service.org}.registration.1.event.user_confirmed.send_sms_on_user_confirmed"
+
+    async def declare_second_subscriber() -> None:  # the seed's second queue, empty
+        connection = await aiormq.connect(service.url)
+        channel = await connection.channel()
+        for name in (sms, f"retry.{sms}", f"dead_letter.{sms}"):
+            await channel.queue_declare(name, durable=True)
+        await connection.close()
+
+    asyncio.run(declare_second_subscriber())
+    result = service.run(LEGACY, "--requeue", "--organization", service.org, "--service", "registration",
+                         "--consuming-queues", f"dead_letter.{sms},{service.dead_letter_queue}",
+                         "--retry-ttl", "0", "--wait-to-requeue", "0")
+
+    assert result.returncode == 0, result.stderr
+    assert "requeued 2 messages from 2 queues" in result.stdout
+    assert sorted(service.consume(fail=False, until=2)) == sorted(ids)
