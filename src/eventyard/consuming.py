@@ -475,11 +475,14 @@ class _QueueWorker:
                 notify(ConsumerEvent("handled", self.queue, message, count,
                                      message_id=message.get_message_id()))
             return
-        logger.warning("%s failed on %s (attempt %d): %s: %s", message.get_message_name(),
-                       self.queue, count + 1, outcome.error_type, outcome.error_message[:500])
+        retry = decision is Decision.RETRY
+        logger.log(logging.WARNING if retry else logging.ERROR,
+                   "%s %s failed on %s (attempt %d), %s: %s: %s", message.get_message_name(),
+                   message.get_message_id(), self.queue, count + 1,
+                   "retrying" if retry else "dead-lettering", outcome.error_type,
+                   outcome.error_message[:500])
         notify(ConsumerEvent("failed", self.queue, message, count, outcome,
                              message.get_message_id()))
-        retry = decision is Decision.RETRY
         if self.ordered:
             # The copy leaves this queue's order anyway: publish it (and ack the original once
             # it is confirmed) while the next deliveries run, not before them.
@@ -554,6 +557,8 @@ class _QueueWorker:
                                   limit=header_budget(frame_max_of(transport)),
                                   keep_headers=keep_headers)
         if retry and FAILURE_HEADERS_DROPPED in headers:
+            logger.error("a message from %s has headers too large to retry it with its failure; "
+                         "dead-lettering it with a summary of them", self.queue)
             retry = False
             headers = failure_headers(delivery.headers, outcome, queue=self.queue,
                                       routing_key=delivery.routing_key, retries=count,

@@ -4,8 +4,9 @@ A handler's failure is its message's failure, whatever it raises, ``BaseExceptio
 (``KeyboardInterrupt``, ``SystemExit``, ``GeneratorExit``, a cancellation it raised itself):
 the message is retried or dead-lettered and the consumer goes on. Two keep their meaning and
 propagate, leaving the message unacked for redelivery: a cancellation of the consumer's own
-task (a stop, the shutdown timeout), and a ``KeyboardInterrupt`` on the main thread, where a
-real Ctrl-C arrives (on any other thread it can only have come from the handler).
+task (a stop, the shutdown timeout), and a ``KeyboardInterrupt`` where a real Ctrl-C can raise
+one (the main thread under Python's default SIGINT handler); anywhere else (a handler thread,
+the sync API's loop thread, a loop run by ``asyncio.run``) it can only come from the handler.
 
 A sync handler that returns an awaitable (a sync decorator around an async handler) has it
 awaited on the event loop; what that gives follows the same rules.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import queue
+import signal
 import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor, Future
@@ -38,9 +40,17 @@ def failure_of(error: BaseException) -> Outcome:
             task = None
         if task is not None and task.cancelling():
             raise error  # our own stop or shutdown timeout, not the handler's doing
-    elif isinstance(error, KeyboardInterrupt) and threading.current_thread() is threading.main_thread():
+    elif isinstance(error, KeyboardInterrupt) and _ctrl_c_raises_here():
         raise error  # may be a real Ctrl-C: let the application stop
     return outcome_of_exception(error)
+
+
+def _ctrl_c_raises_here() -> bool:
+    """True when a real SIGINT would surface here as ``KeyboardInterrupt``: on the main thread,
+    under Python's default SIGINT handler (``asyncio.run`` and ``run_until_signal`` install
+    their own, which never raise it inside a coroutine)."""
+    return (threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler)
 
 
 async def outcome_of_awaitable(awaitable: Awaitable[Any]) -> Outcome:

@@ -1,0 +1,115 @@
+"""Frames the AMQP client cannot read, read leniently: a hostile message never ends a connection."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+
+import pamqp.frame
+import pytest
+from aiormq.exceptions import InvalidFrameError
+from pamqp import commands as spec
+from pamqp.header import ContentHeader
+
+from eventyard.ports import UNREADABLE_PROPERTIES
+from eventyard.rabbitmq.framing import BufferedFrameReceiver
+from eventyard.rabbitmq.lenient import unmarshal_leniently
+
+
+def _short(value: bytes) -> bytes:
+    return bytes([len(value)]) + value
+
+
+def _table(entries: bytes) -> bytes:
+    return struct.pack(">I", len(entries)) + entries
+
+
+def _frame(kind: int, payload: bytes, channel: int = 1) -> bytes:
+    return struct.pack(">BHI", kind, channel, len(payload)) + payload + b"\xce"
+
+
+def _header_frame(*, headers: bytes | None = None, timestamp: int | None = None,
+                  message_id: bytes = b"m-1", body_size: int = 42) -> bytes:
+    flags, parts = 0, []
+    if headers is not None:
+        flags |= 1 << 13
+        parts.append(headers)
+    flags |= 1 << 7
+    parts.append(_short(message_id))
+    if timestamp is not None:
+        flags |= 1 << 6
+        parts.append(struct.pack(">Q", timestamp))
+    return _frame(2, struct.pack(">HHQH", 60, 0, body_size, flags) + b"".join(parts))
+
+
+def _nested(depth: int) -> bytes:
+    table = _table(b"")
+    for _ in range(depth):
+        table = _table(_short(b"a") + b"F" + table)
+    return table
+
+
+def _read(raw: bytes) -> object:
+    """The frame ``BufferedFrameReceiver`` makes of ``raw`` (as off a socket)."""
+    async def read() -> object:
+        reader = asyncio.StreamReader()
+        reader.feed_data(raw)
+        reader.feed_eof()
+        receiver = BufferedFrameReceiver(reader)
+        receiver.started = True
+        return (await receiver.get_frame())[2]
+    return asyncio.run(read())
+
+
+@pytest.mark.parametrize(("raw", "problem"), [
+    (_header_frame(headers=_table(_short(b"k\xff") + b"S" + struct.pack(">I", 1) + b"v")),
+     "headers: UnicodeDecodeError"),
+    (_header_frame(headers=_nested(3000)), "headers: RecursionError"),
+    (_header_frame(timestamp=2**63 - 1), "timestamp: "),
+], ids=["header name not utf-8", "headers nested 3000 deep", "timestamp past year 9999"])
+def test_unreadable_properties_are_left_out_and_named(raw: bytes, problem: str) -> None:
+    with pytest.raises(Exception):  # noqa: B017 - whatever pamqp raises on it
+        pamqp.frame.unmarshal(raw)
+    header = _read(raw)
+    assert isinstance(header, ContentHeader)
+    assert header.body_size == 42 and header.properties.message_id == "m-1"
+    assert problem in header.properties.headers[UNREADABLE_PROPERTIES]
+
+
+def test_readable_headers_are_kept_beside_an_unreadable_timestamp() -> None:
+    raw = _header_frame(headers=_table(_short(b"trace") + b"S" + struct.pack(">I", 2) + b"t1"),
+                        timestamp=2**63 - 1)
+    header = _read(raw)
+    assert isinstance(header, ContentHeader)
+    assert header.properties.headers["trace"] == "t1" and header.properties.timestamp is None
+
+
+def test_a_delivery_with_a_routing_key_and_exchange_pamqp_refuses_is_read() -> None:
+    arguments = (_short(b"ctag") + struct.pack(">Q", 7) + b"\x01" + _short(b"an exchange")
+                 + _short(b"a.\xff.b"))
+    raw = _frame(1, struct.pack(">HH", 60, 60) + arguments)
+    with pytest.raises(Exception):  # noqa: B017
+        pamqp.frame.unmarshal(raw)
+    deliver = _read(raw)
+    assert isinstance(deliver, spec.Basic.Deliver)
+    assert (deliver.consumer_tag, deliver.delivery_tag, deliver.redelivered) == ("ctag", 7, True)
+    assert (deliver.exchange, deliver.routing_key) == ("an exchange", "a.\ufffd.b")
+
+
+def test_a_good_frame_is_read_as_pamqp_reads_it() -> None:
+    properties = spec.Basic.Properties(message_id="m", headers={"a": 1})
+    raw = pamqp.frame.marshal(ContentHeader(0, 3, properties), 1)
+    header = _read(raw)
+    assert isinstance(header, ContentHeader) and header.properties.headers == {"a": 1}
+
+
+@pytest.mark.parametrize("raw", [
+    _frame(1, struct.pack(">HH", 10, 10) + b"\xff"),  # another method, unreadable
+    _frame(2, b"\x00\x3c"),  # a content header cut short
+    _frame(1, struct.pack(">HH", 60, 60) + b"\x05ct"),  # a delivery cut short
+])
+def test_other_unreadable_frames_end_the_connection_as_before(raw: bytes) -> None:
+    with pytest.raises(InvalidFrameError):
+        _read(raw)
+    with pytest.raises(InvalidFrameError):
+        unmarshal_leniently(raw, ValueError("unreadable"))
