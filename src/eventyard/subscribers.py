@@ -68,10 +68,7 @@ class MessageSubscriber:
         if not classes:
             raise SubscriberError("from_message needs at least one message class")
         if publisher is not None:
-            try:
-                naming.check_word(publisher, "publisher")
-            except ValueError as error:
-                raise SubscriberError(str(error)) from None
+            naming.check_word(publisher, "publisher", error=SubscriberError)
         return _FunctionSubscriber(classes, _handler_list(handlers), all_messages=False,
                                    publisher=publisher)
 
@@ -149,10 +146,7 @@ def handler_name(handler: Handler) -> str:
         raise SubscriberError(
             f"handler {handler!r} has no usable name; define it with def so its queue has a name"
         )
-    try:
-        return naming.check_word(name, "handler name")
-    except ValueError as error:
-        raise SubscriberError(str(error)) from None
+    return naming.check_word(name, "handler name", error=SubscriberError)
 
 
 def is_async_handler(handler: Handler) -> bool:
@@ -266,13 +260,28 @@ class Subscription:
         return self.message_class is None
 
 
+def _check_route(routes: dict[tuple[str | None, str, int, str], type[Message]],
+                 publisher: str | None, cls: type[Message]) -> None:
+    """Refuse a message name RabbitMQ cannot carry, and two names that make one routing key."""
+    name = naming.check_message_name(cls.message_name, cls.__name__, error=SubscriberError)
+    word = naming.name_word(name)
+    other = routes.setdefault((publisher, cls.message_kind, cls.message_version, word), cls)
+    if other.message_name != name:
+        raise SubscriberError(
+            f"{other.__name__} ({other.message_name!r}) and {cls.__name__} ({name!r}) make the "
+            f"same routing-key word {word!r}: they would share queues and each would fail to "
+            "decode the other's messages; set another message_name on one of them")
+
+
 def subscriptions_of(subscribers: Iterable[MessageSubscriber]) -> list[Subscription]:
     """Expand subscribers into subscriptions and check them.
 
-    Raise ``SubscriberError`` for a command with more than one handler, or two handlers that
-    would share a queue name.
+    Raise ``SubscriberError`` for a command with more than one handler, two handlers that
+    would share a queue name, a message name RabbitMQ cannot carry, or two message classes
+    whose names make one routing key (``OrderPlaced`` and ``Order_Placed``).
     """
     found: dict[tuple[str | None, str, int, str, str], Subscription] = {}
+    routes: dict[tuple[str | None, str, int, str], type[Message]] = {}
     command_handlers: dict[tuple[str | None, str, int], list[str]] = {}
     store: dict[str, Subscription] = {}
     for subscriber in subscribers:
@@ -293,12 +302,10 @@ def subscriptions_of(subscribers: Iterable[MessageSubscriber]) -> list[Subscript
             raise SubscriberError(f"{subscriber!r} subscribes to no message")
         publisher = subscriber.publisher
         if publisher is not None:
-            try:
-                naming.check_word(publisher, "publisher")
-            except ValueError as error:
-                raise SubscriberError(f"{subscriber!r}: {error}") from None
+            naming.check_word(publisher, f"{subscriber!r}: publisher", error=SubscriberError)
         for cls in classes:
             cls = _message_class(cls)
+            _check_route(routes, publisher, cls)
             for name, handler in pairs:
                 key = (publisher, cls.message_kind, cls.message_version, cls.message_name, name)
                 if key in found:

@@ -156,10 +156,7 @@ class TopologyOptions:
             raise ConfigurationError("delivery_limit must be above max_retries")
         if self.layout not in ("eventyard", "petisco"):
             raise ConfigurationError(f"layout must be 'eventyard' or 'petisco', not {self.layout!r}")
-        try:
-            naming.check_word(self.store_queue.replace(".", "_"), "store queue name")
-        except ValueError as error:
-            raise ConfigurationError(str(error)) from None
+        naming.check_word(self.store_queue.replace(".", "_"), "store queue name")
 
     @classmethod
     def petisco(cls, **overrides: Any) -> TopologyOptions:
@@ -181,13 +178,20 @@ class TopologyOptions:
 
 
 def subscription_queue(org: str, svc: str, subscription: Subscription, store_queue: str) -> str:
-    """The main queue ``Q`` of a subscription (under its publisher's service, if it names one)."""
+    """The main queue ``Q`` of a subscription (under its publisher's service, if it names one).
+
+    ``ConfigurationError`` if ``Q`` or its dead-letter queue (the longest name of its set) is a
+    name RabbitMQ or the AMQP client would refuse.
+    """
     cls = subscription.message_class
     if cls is None:
         suffix = subscription.store_suffix
-        return f"{store_queue}.{suffix}" if suffix else store_queue
-    return naming.queue(org, subscription.publisher or svc, cls.message_version,
-                        cls.message_kind, cls.message_name, subscription.handler_name)
+        q = f"{store_queue}.{suffix}" if suffix else store_queue
+    else:
+        q = naming.queue(org, subscription.publisher or svc, cls.message_version,
+                         cls.message_kind, cls.message_name, subscription.handler_name)
+    naming.check_name(naming.dead_letter_queue(q), "queue")
+    return q
 
 
 def _queue_arguments(options: TopologyOptions, **arguments: Any) -> dict[str, Any]:
@@ -275,6 +279,9 @@ def build_topology(
             if petisco and s == options.store_queue:
                 bindings += _petisco_store_bindings(org, services, s)
     foreign = tuple(e.name for e in exchanges[3:3 * len(services)])
+    # Every name is checked before anything is declared, on every broker alike.
+    naming.check_names(exchanges=(e.name for e in exchanges), queues=(q.name for q in queues),
+                       routing_keys=(b.routing_key for b in bindings))
     return Topology(tuple(exchanges), tuple(queues), tuple(dict.fromkeys(bindings)), org,
                     store_queues, foreign)
 

@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import pytest
+
 from contract.samples import PersistUser, UserCreated
-from eventyard import MessageSubscriber, TopologyOptions, naming
+from eventyard import (
+    ConfigurationError,
+    DomainEvent,
+    MessageSubscriber,
+    SubscriberError,
+    TopologyOptions,
+    naming,
+)
 from eventyard.subscribers import subscriptions_of
 from eventyard.topology import BindingSpec, ExchangeSpec, build_topology, route_of
 
@@ -234,3 +243,82 @@ def test_the_cli_layout_option_gives_the_petisco_preset() -> None:
     petisco = topology_options(100, 3, "store", False, "classic", "petisco")
     assert petisco == TopologyOptions.petisco(retry_ttl_ms=100, max_retries=3)
     assert topology_options(100, 3, "store", False).layout == "eventyard"
+
+
+# -- names checked before anything is declared ----------------------------------------------------
+@pytest.mark.parametrize("word", ["acme\n", "acme ", "ac.me", "a*", "#", "café", "", "a/b"])
+def test_a_word_is_ascii_letters_digits_underscore_and_dash_only(word: str) -> None:
+    with pytest.raises(ConfigurationError, match="cannot be used in RabbitMQ names"):
+        naming.check_word(word, "organization")
+    with pytest.raises(SubscriberError):
+        naming.check_word(word, "handler name", error=SubscriberError)
+    assert naming.check_word("acme-2_x", "organization") == "acme-2_x"
+
+
+@pytest.mark.parametrize(("name", "kind", "why"), [
+    ("q" * 256, "queue", "256 bytes long"), ("x" * 128, "exchange", "at most 127"),
+    ("k" * 256, "routing key", "at most 255"), ("a\tb", "queue", "control character"),
+    ("é", "queue", "cannot be declared"), ("a\x00", "routing key", "control character"),
+])
+def test_names_are_checked_as_rabbitmq_and_the_client_check_them(name: str, kind: str,
+                                                                 why: str) -> None:
+    with pytest.raises(ConfigurationError, match=why):
+        naming.check_name(name, kind)
+
+
+def test_the_longest_names_that_pass() -> None:
+    assert naming.check_name("q" * 255, "queue") and naming.check_name("x" * 127, "exchange")
+    assert naming.check_name("*.*.*.event.*", "routing key")
+
+
+def test_routing_keys_refuse_message_names_rabbitmq_would_misread() -> None:
+    with pytest.raises(ConfigurationError, match="message name '\\*'"):
+        naming.routing_key("acme", "registration", 1, "event", "*")
+    with pytest.raises(ConfigurationError, match="organization 'acme\\\\n'"):
+        naming.routing_key("acme\n", "registration", 1, "event", "user.created")
+
+
+def test_a_subscription_to_a_name_rabbitmq_cannot_carry_names_the_class() -> None:
+    class Café(DomainEvent):
+        pass
+
+    class Star(DomainEvent):
+        message_name = "*"
+
+    for cls in (Café, Star):
+        with pytest.raises(SubscriberError, match=f"of {cls.__name__} cannot be used"):
+            subscriptions_of([MessageSubscriber.from_message(cls, [send_mail_handler])])
+
+
+def test_two_classes_that_make_one_routing_key_are_refused_naming_both() -> None:
+    class OrderPlaced(DomainEvent):
+        pass
+
+    class Order_Placed(DomainEvent):
+        pass
+
+    subscribers = [MessageSubscriber.from_message(OrderPlaced, [send_mail_handler]),
+                   MessageSubscriber.from_message(Order_Placed, [store_handler])]
+    with pytest.raises(SubscriberError, match=r"OrderPlaced .*and Order_Placed .*'order_placed'"):
+        subscriptions_of(subscribers)
+    # Under different publishers they are different routing keys.
+    subscriptions_of([MessageSubscriber.from_message(OrderPlaced, [send_mail_handler]),
+                      MessageSubscriber.from_message(Order_Placed, [send_mail_handler],
+                                                     publisher="billing")])
+
+
+def test_a_topology_with_a_name_too_long_is_refused_before_it_is_built() -> None:
+    def handler_with_a_very_long_name_that_goes_on(message: object) -> None:
+        return None
+
+    handler_with_a_very_long_name_that_goes_on.__name__ = "h" * 220
+    subscriptions = subscriptions_of(
+        [MessageSubscriber.from_message(UserCreated, [handler_with_a_very_long_name_that_goes_on])])
+    with pytest.raises(ConfigurationError, match=r"queue 'dead_letter\.acme\.registration"):
+        build_topology("acme", "registration", subscriptions)
+    with pytest.raises(ConfigurationError, match=r"exchange 'retry\.acme\.ssss"):
+        build_topology("acme", "s" * 120, [])
+    with pytest.raises(ConfigurationError, match="organization 'acme\\\\n'"):
+        build_topology("acme\n", "registration", [])
+    with pytest.raises(ConfigurationError, match="store queue name"):
+        TopologyOptions(store_queue="store\n")
