@@ -231,3 +231,99 @@ def test_real_clock_waits_for_real() -> None:
     assert time.monotonic() - started >= 0.04
     assert broker.message_counts() == {"dead": 0, "retry.q": 0}  # no DLX: dropped
     broker.close()
+
+
+async def test_messages_handed_back_one_by_one_keep_their_places(
+        setup: tuple[MemoryBroker, MemoryTransport]) -> None:
+    broker, transport = setup
+    await transport.publish(bodies(6))
+    holder = Holder()
+    consumption = await transport.consume("q", holder, prefetch=6)
+    while len(holder.deliveries) < 6:
+        holder.arrived.clear()
+        await asyncio.wait_for(holder.arrived.wait(), 5)
+    await consumption.cancel()
+    by_body = {d.body: d for d in holder.deliveries}
+    for body in (b"4", b"2", b"3", b"1"):  # as RabbitMQ does: each back to where it was
+        await by_body[body].reject(requeue=True)
+    await by_body[b"0"].ack()
+    await by_body[b"5"].ack()
+    assert [(m.body, m.redelivered) for m in broker.messages("q")] == [
+        (b"1", True), (b"2", True), (b"3", True), (b"4", True)]
+    await transport.publish(bodies(1))
+    assert [m.body for m in broker.messages("q")] == [b"1", b"2", b"3", b"4", b"0"]
+
+
+async def test_a_consumer_of_a_deleted_queue_consumes_it_again_once_it_is_declared(
+        setup: tuple[MemoryBroker, MemoryTransport]) -> None:
+    broker, transport = setup
+    holder = Holder()
+    await transport.consume("q", holder, prefetch=1)
+    await transport.delete(TOPOLOGY)
+    assert broker.queue_names() == [] and broker.is_idle()
+    await transport.declare(TOPOLOGY)
+    await transport.publish(bodies(1))
+    await asyncio.wait_for(holder.arrived.wait(), 5)
+    assert holder.seen() == [b"0"]
+    await holder.deliveries[0].ack()
+    await transport.close()
+
+
+async def test_quorum_deliveries_tell_how_often_they_were_handed_back() -> None:
+    broker = MemoryBroker(clock=VirtualClock())
+    transport = broker.transport()
+    await transport.declare(Topology((ExchangeSpec("x"),), (QueueSpec("q", {"x-queue-type": "quorum"}),),
+                                     (BindingSpec("x", "q", "k"),)))
+    await transport.publish(bodies(1))
+    assert broker.messages("q")[0].headers == {"x-delivery-count": 0}  # as basic.get shows it
+    counts: list[object] = []
+
+    async def callback(delivery: Delivery) -> None:
+        counts.append(delivery.headers.get("x-delivery-count"))
+        if len(counts) < 3:
+            await delivery.reject(requeue=True)
+        else:
+            await delivery.ack()
+
+    await transport.consume("q", callback, prefetch=1)
+    await broker.wait_until_idle_async(5)
+    assert counts == [0, 1, 2]
+    await transport.close()
+
+
+async def test_a_message_is_published_as_the_amqp_client_sends_it(
+        setup: tuple[MemoryBroker, MemoryTransport]) -> None:
+    broker, transport = setup
+    await transport.publish([OutgoingMessage("x", "k", b"1", {"f": 0.1, "b": bytearray(b"\xff")})])
+    [queued] = broker.messages("q")
+    assert queued.headers == {"f": 0.10000000149011612, "b": bytearray(b"\xff")}  # 32-bit float
+    assert queued.message_id is not None and len(queued.message_id) == 32  # the client's id
+    with pytest.raises(TypeError, match="Unknown type"):
+        await transport.publish([OutgoingMessage("x", "k", b"2"),
+                                 OutgoingMessage("x", "k", b"3", {"bad": b"bytes"})])
+    with pytest.raises(UnicodeEncodeError):
+        await transport.publish([OutgoingMessage("x", "k", b"4", {"name": "\udcff"})])
+    assert broker.message_count("q") == 1  # nothing of a refused list was sent
+
+
+async def test_a_header_over_the_frame_closes_the_connection_as_rabbitmq_does() -> None:
+    broker = MemoryBroker(clock=VirtualClock(), frame_max=4096)
+    transport = broker.transport()
+    assert transport.frame_max == 4096
+    await transport.declare(TOPOLOGY)
+    await transport.publish(bodies(1))
+    holder = Holder()
+    await transport.consume("q", holder, prefetch=1)
+    await asyncio.wait_for(holder.arrived.wait(), 5)
+    holder.arrived.clear()
+    fits = OutgoingMessage("x", "k", b"fits", {"h": "x" * 3900})
+    too_big = OutgoingMessage("x", "k", b"big", {"h": "x" * 4100})
+    with pytest.raises(BrokerConnectionError, match="frame"):
+        await transport.publish([fits, too_big])
+    # The connection went down: the delivery in hand comes back and consuming resumes; the
+    # message before the big one was published, the big one was not.
+    await asyncio.wait_for(holder.arrived.wait(), 5)
+    assert [(d.body, d.redelivered) for d in holder.deliveries] == [(b"0", False), (b"0", True)]
+    assert [m.body for m in broker.messages("q")] == [b"fits"]
+    await holder.deliveries[1].ack()
+    await transport.close()

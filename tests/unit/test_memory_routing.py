@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+
 import pytest
 
 from eventyard import ConfigurationError, TopologyMismatchError
@@ -146,3 +148,50 @@ async def test_quorum_delivery_limit_dead_letters_a_crash_loop(broker: MemoryBro
     assert len(runs) == 3
     assert broker.messages("dead")[0].headers["x-death"][0]["reason"] == "delivery_limit"
     await transport.close()
+
+
+async def test_autojump_skips_retry_waits_but_not_a_main_queue_ttl() -> None:
+    clock = VirtualClock(autojump=True)
+    broker = MemoryBroker(clock=clock)
+    transport = broker.transport()
+    await transport.declare(spec(
+        {"q": {"x-message-ttl": 30_000, "x-dead-letter-exchange": "dlx",
+               "x-dead-letter-routing-key": "dead"},
+         "retry.r": {"x-message-ttl": 5000, "x-dead-letter-exchange": "x",
+                     "x-dead-letter-routing-key": "back"},
+         "back": {}, "dead": {}},
+        [("x", "q", "main"), ("dlx", "retry.r", "retry.r"), ("x", "back", "back"),
+         ("dlx", "dead", "dead")]))
+    await transport.publish([message("main"), message("retry.r", exchange="dlx")])
+    await broker.wait_until_idle_async(5)
+    # The retry wait was skipped; the main queue's message did not age by it.
+    assert broker.message_counts() == {"back": 1, "dead": 0, "q": 1, "retry.r": 0}
+    assert (clock.now(), clock.aged()) == (5.0, 0.0)
+    clock.advance(29.9)
+    assert broker.message_count("q") == 1
+    clock.advance(0.1)  # a test that asks for time to pass ages every queue
+    assert broker.message_counts() == {"back": 1, "dead": 1, "q": 0, "retry.r": 0}
+    [death] = broker.messages("dead")[0].headers["x-death"]
+    assert death["reason"] == "expired" and death["queue"] == "q"
+    assert isinstance(death["time"], datetime.datetime) and death["time"].tzinfo is datetime.UTC
+    broker.close()
+
+
+async def test_a_clash_keeps_what_was_declared_before_it(broker: MemoryBroker) -> None:
+    transport = broker.transport()
+    await transport.declare(spec({"old": {}}, []))
+    with pytest.raises(TopologyMismatchError, match="'old' exists with other arguments"):
+        await transport.declare(spec({"new": {}, "old": {"x-message-ttl": 5}, "later": {}},
+                                     [("x", "new", "k")]))
+    assert broker.queue_names() == ["new", "old"]  # declared one by one, as on RabbitMQ
+    assert broker.bindings() == []
+
+
+@pytest.mark.parametrize(("queue", "why"), [
+    ("café", "cannot be declared"), ("q" * 256, "bytes long"), ("line\nbreak", "control character"),
+])
+async def test_names_the_amqp_client_refuses_are_refused_before_anything_is_declared(
+        broker: MemoryBroker, queue: str, why: str) -> None:
+    with pytest.raises(ConfigurationError, match=why):
+        await broker.transport().declare(spec({"fine": {}, queue: {}}, []))
+    assert broker.queue_names() == [] and broker.exchange_names() == []

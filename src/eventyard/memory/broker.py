@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import replace
 from types import TracebackType
 
 from eventyard import naming
 from eventyard.engine import LoopThread
+from eventyard.headers import DEFAULT_FRAME_MAX
 from eventyard.memory.clock import Clock, RealClock, VirtualClock
 from eventyard.memory.inspection import QueuedMessage
 from eventyard.memory.state import BrokerState
@@ -28,8 +30,10 @@ logger = logging.getLogger(__name__)
 class MemoryBroker:
     """An in-memory broker; thread-safe. Inspect it with the query methods below."""
 
-    def __init__(self, *, clock: Clock | None = None, name: str = "eventyard-memory") -> None:
+    def __init__(self, *, clock: Clock | None = None, name: str = "eventyard-memory",
+                 frame_max: int = DEFAULT_FRAME_MAX) -> None:
         self._loop_thread = LoopThread(name)
+        self.frame_max = frame_max  # what every connection negotiates (RabbitMQ's default)
         self.clock: Clock = clock if clock is not None else RealClock(self._loop_thread)
         self._state = BrokerState(self.clock)
         self._name = name
@@ -49,7 +53,7 @@ class MemoryBroker:
 
     def transport(self, name: str = "memory") -> MemoryTransport:
         """A new connection (transport) to this broker."""
-        transport = MemoryTransport(self._state, f"{self._name}:{name}")
+        transport = MemoryTransport(self._state, f"{self._name}:{name}", frame_max=self.frame_max)
         with self._state.lock:
             self._transports = [t for t in self._transports if not t.closed]
             self._transports.append(transport)
@@ -102,11 +106,18 @@ class MemoryBroker:
             return sum(len(c.unacked) for c in self._state.consumptions)
 
     def messages(self, queue: str) -> list[QueuedMessage]:
-        """The messages ready in ``queue``, head first (left in place)."""
+        """The messages ready in ``queue``, head first (left in place).
+
+        Their headers are those a consumer would get (``x-delivery-count`` on a quorum queue).
+        """
         with self._state.lock:
             found = self._state.queues.get(queue)
             if found is None:
                 raise KeyError(f"queue {queue!r} not found")
+            if found.quorum:
+                return [QueuedMessage.of(queue, replace(stored, headers={
+                    **stored.headers, "x-delivery-count": stored.delivery_count}))
+                    for stored in found.ready]
             return [QueuedMessage.of(queue, stored) for stored in found.ready]
 
     def dead_letters(self) -> list[QueuedMessage]:
@@ -160,7 +171,7 @@ class MemoryBroker:
     def _busy(self) -> str:
         with self._state.lock:
             parts = [f"{name}: {len(q.ready)} ready" for name, q in sorted(self._state.queues.items())
-                     if q.ready and (q.consumers or q.ttl_seconds is not None)]
+                     if q.ready and (q.consumers or (q.delays and q.ttl_seconds is not None))]
             unacked = sum(len(c.unacked) for c in self._state.consumptions)
             if unacked:
                 parts.append(f"{unacked} unacked")

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from eventyard.ports import OutgoingMessage
+from eventyard import naming
 
 _EXCHANGE_TYPES = ("topic", "direct", "fanout")
 
@@ -74,12 +74,7 @@ class Stored:
     redelivered: bool = False
     expires_at: float | None = None
     delivery_count: int = 0
-
-    @classmethod
-    def of(cls, message: OutgoingMessage) -> Stored:
-        """A fresh copy of a published message."""
-        return cls(message.exchange, message.routing_key, message.body, dict(message.headers),
-                   message.message_id, message.type, message.timestamp, message.content_type)
+    position: int = 0  # its place in its queue: a message handed back goes back there
 
     def copy(self) -> Stored:
         """A copy for another queue (headers are not shared)."""
@@ -108,6 +103,16 @@ class Queue:
         """``x-dead-letter-exchange``, or None."""
         value = self.arguments.get("x-dead-letter-exchange")
         return None if value is None else str(value)
+
+    @property
+    def delays(self) -> bool:
+        """True for a retry or delay queue: its TTL is a wait that a virtual clock may skip."""
+        return naming.is_delay_queue(self.name)
+
+    @property
+    def quorum(self) -> bool:
+        """True for a quorum queue."""
+        return self.arguments.get("x-queue-type") == "quorum"
 
     @property
     def delivery_limit(self) -> int | None:

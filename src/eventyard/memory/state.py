@@ -1,14 +1,21 @@
 """The in-memory broker's state machine: declare, route, deliver, settle, expire, dead-letter.
 
 Every method runs under one re-entrant lock and never awaits, so any thread or event loop may
-call it; consumptions are woken thread-safely. Semantics follow RabbitMQ: topic routing,
+call it; consumptions are woken thread-safely. Semantics follow RabbitMQ 3.x: topic routing,
 per-queue ``x-message-ttl`` (expiring at the head of the queue), ``x-dead-letter-exchange`` /
-``x-dead-letter-routing-key`` on expiry and on ``reject(requeue=False)``, ``x-death`` headers,
-requeue at the head with ``redelivered``, and round-robin between competing consumers.
+``x-dead-letter-routing-key`` on expiry and on ``reject(requeue=False)``, ``x-death`` headers
+(times as UTC datetimes, as the AMQP client reads them), a requeued message back in its
+original place with ``redelivered``, quorum queues' ``x-delivery-count``, round-robin between
+competing consumers, declarations applied one by one (a clash leaves the earlier ones), and
+consumers of a deleted queue consuming again once it is declared again (as eventyard's RabbitMQ
+consumers do).
 """
 
 from __future__ import annotations
 
+import bisect
+import datetime
+import itertools
 import logging
 import threading
 import time
@@ -16,15 +23,15 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from eventyard import naming
 from eventyard.errors import (
     BrokerError,
     ConfigurationError,
     QueueNotFoundError,
     TopologyMismatchError,
 )
-from eventyard.memory.clock import Clock
+from eventyard.memory.clock import Clock, VirtualClock
 from eventyard.memory.routing import Exchange, Queue, Stored, argument_differences
-from eventyard.ports import OutgoingMessage
 from eventyard.topology import Topology
 
 if TYPE_CHECKING:
@@ -43,16 +50,27 @@ class BrokerState:
         self.queues: dict[str, Queue] = {}
         self.consumptions: set[MemoryConsumption] = set()
         self.listeners: list[Any] = []  # callables run on every change (idle waiters)
+        # Consumptions of a deleted queue, by its name: they consume again once it is back.
+        self.orphans: dict[str, list[MemoryConsumption]] = {}
         self._jumping = False
         self._tags = 0
+        self._positions = itertools.count()
 
     # -- topology -------------------------------------------------------------------------
     def declare(self, topology: Topology) -> None:
-        """Create what ``topology`` describes; raise ``TopologyMismatchError`` on a clash."""
+        """Create what ``topology`` describes, in order; ``TopologyMismatchError`` on a clash.
+
+        As on RabbitMQ, what was declared before the clash stays declared.
+        """
         with self.lock:
+            naming.check_names(exchanges=(e.name for e in topology.exchanges),
+                               queues=(q.name for q in topology.queues),
+                               routing_keys=(b.routing_key for b in topology.bindings))
             for spec in topology.exchanges:
                 found = self.exchanges.get(spec.name)
-                if found is not None and (found.type, found.durable) != (spec.type, spec.durable):
+                if found is None:
+                    self.exchanges[spec.name] = Exchange(spec.name, spec.type, spec.durable)
+                elif (found.type, found.durable) != (spec.type, spec.durable):
                     raise TopologyMismatchError(
                         f"exchange {spec.name!r} exists as {found.type} (durable={found.durable}), "
                         f"declared as {spec.type} (durable={spec.durable}); delete it, or declare "
@@ -60,6 +78,7 @@ class BrokerState:
             for qspec in topology.queues:
                 existing = self.queues.get(qspec.name)
                 if existing is None:
+                    self._create_queue(Queue(qspec.name, dict(qspec.arguments), qspec.durable))
                     continue
                 differences = argument_differences(existing.arguments, qspec.arguments)
                 if existing.durable != qspec.durable:
@@ -70,11 +89,6 @@ class BrokerState:
                         "declare it with the arguments it has (same retry TTL and queue type), or "
                         "delete the queue (its messages are lost) and configure again."
                         + topology.mismatch_hint(qspec.name))
-            for spec in topology.exchanges:
-                self.exchanges.setdefault(spec.name, Exchange(spec.name, spec.type, spec.durable))
-            for qspec in topology.queues:
-                self.queues.setdefault(qspec.name, Queue(qspec.name, dict(qspec.arguments),
-                                                         qspec.durable))
             for binding in topology.bindings:
                 exchange = self.exchanges.get(binding.exchange)
                 if exchange is None or binding.queue not in self.queues:
@@ -84,6 +98,13 @@ class BrokerState:
                         "not exist; declare it in the same topology")
                 exchange.bindings.add((binding.routing_key, binding.queue))
 
+    def _create_queue(self, queue: Queue) -> None:
+        self.queues[queue.name] = queue
+        for consumption in self.orphans.pop(queue.name, []):
+            if not consumption.cancelled:  # its queue is back: it consumes again
+                queue.consumers.append(consumption)
+                logger.warning("queue %s declared again; its consumer consumes again", queue.name)
+
     def delete(self, topology: Topology) -> None:
         """Remove the queues (messages and consumers too) and exchanges of ``topology``."""
         with self.lock:
@@ -91,10 +112,11 @@ class BrokerState:
             for name in names:
                 queue = self.queues.pop(name, None)
                 for consumption in list(queue.consumers) if queue else []:
-                    # RabbitMQ cancels the consumers of a deleted queue.
-                    consumption.cancelled = True
-                    self.remove_consumption(consumption, release_all=False)
-                    consumption.wake()
+                    # RabbitMQ cancels the consumers of a deleted queue; eventyard's consumer
+                    # then waits for the queue to be declared again and consumes it again.
+                    queue.consumers.remove(consumption)  # type: ignore[union-attr]
+                    self.release(consumption, seen_too=False)  # buffered ones go with the queue
+                    self.orphans.setdefault(name, []).append(consumption)
             for exchange in self.exchanges.values():
                 exchange.bindings = {b for b in exchange.bindings if b[1] not in names}
             for spec in topology.exchanges:
@@ -102,15 +124,16 @@ class BrokerState:
             self.changed()
 
     # -- publishing and routing ------------------------------------------------------------
-    def publish(self, messages: Sequence[OutgoingMessage]) -> list[int]:
-        """Route every message; return the indexes of those that reached no queue."""
+    def publish(self, messages: Sequence[Stored]) -> list[int]:
+        """Route every message (as the client delivered it to the broker); return the indexes
+        of those that reached no queue."""
         with self.lock:
             for message in messages:
                 if message.exchange and message.exchange not in self.exchanges:
                     raise ConfigurationError(
                         f"exchange {message.exchange!r} not found; run the configurer first")
             unroutable = [index for index, message in enumerate(messages)
-                          if not self._route(message.exchange, message.routing_key, Stored.of(message))]
+                          if not self._route(message.exchange, message.routing_key, message)]
             self.changed()
             return unroutable
 
@@ -126,10 +149,19 @@ class BrokerState:
     def _enqueue(self, queue: Queue, stored: Stored) -> None:
         ttl = queue.ttl_seconds
         if ttl is not None:
-            stored.expires_at = self.clock.now() + ttl
-            self.clock.call_at(stored.expires_at, lambda: self.expire(queue.name))
+            stored.expires_at = self._now(queue) + ttl
+            self._expire_at(queue, stored.expires_at)
+        stored.position = next(self._positions)
         queue.ready.append(stored)
         self._dispatch(queue)
+
+    def _now(self, queue: Queue) -> float:
+        """The time ``queue``'s TTL counts in: a retry or delay queue's may be skipped."""
+        return self.clock.now() if queue.delays else self.clock.aged()
+
+    def _expire_at(self, queue: Queue, when: float) -> None:
+        name = queue.name
+        self.clock.call_at(when, lambda: self.expire(name), skippable=queue.delays)
 
     def _dead_letter(self, queue: Queue, stored: Stored, reason: str) -> None:
         exchange_name = queue.dead_letter_exchange
@@ -155,7 +187,7 @@ class BrokerState:
             queue = self.queues.get(queue_name)
             if queue is None or not queue.ready:
                 return
-            now = self.clock.now()
+            now = self._now(queue)
             expired = False
             while queue.ready and _expired(queue.ready[0], now):
                 self._dead_letter(queue, queue.ready.popleft(), "expired")
@@ -163,13 +195,13 @@ class BrokerState:
             head = queue.ready[0] if queue.ready else None
             if not expired and head is not None and head.expires_at is not None:
                 # The timer fired a hair early: look again when the head is really due.
-                self.clock.call_at(head.expires_at, lambda: self.expire(queue_name))
+                self._expire_at(queue, head.expires_at)
             if expired:
                 self.changed()
 
     # -- delivering ------------------------------------------------------------------------
     def _dispatch(self, queue: Queue) -> None:
-        now = self.clock.now()
+        now = self._now(queue)
         while queue.ready and queue.consumers:
             if _expired(queue.ready[0], now):
                 self._dead_letter(queue, queue.ready.popleft(), "expired")
@@ -178,7 +210,11 @@ class BrokerState:
             if consumption is None:
                 return
             self._tags += 1
-            consumption.give(queue.ready.popleft(), self._tags)
+            stored = queue.ready.popleft()
+            if queue.quorum:  # a quorum queue tells how often a message was handed back
+                stored = replace(stored, headers={**stored.headers,
+                                                  "x-delivery-count": stored.delivery_count})
+            consumption.give(stored, self._tags)
 
     def _next_consumer(self, queue: Queue) -> MemoryConsumption | None:
         count = len(queue.consumers)
@@ -207,11 +243,14 @@ class BrokerState:
             queue = self.queues.get(consumption.queue)
             if queue is not None and consumption in queue.consumers:
                 queue.consumers.remove(consumption)
+            waiting = self.orphans.get(consumption.queue, [])
+            if consumption in waiting:
+                waiting.remove(consumption)
             self.consumptions.discard(consumption)
             self.release(consumption, seen_too=release_all)
 
     def release(self, consumption: MemoryConsumption, *, seen_too: bool) -> None:
-        """Put ``consumption``'s unacked deliveries back at the head of their queue, in order."""
+        """Put ``consumption``'s unacked deliveries back in their queue, where they were."""
         with self.lock:
             back = [d for d in consumption.unacked.values() if seen_too or not d.seen]
             for delivery in back:
@@ -234,7 +273,15 @@ class BrokerState:
                 self._dead_letter(queue, stored, "delivery_limit")
             else:
                 keep.append(stored)
-        queue.ready.extendleft(reversed(keep))
+        # As RabbitMQ does, a message handed back takes its original place in the queue (the
+        # ready messages are always in the order they were enqueued).
+        ready = queue.ready
+        keep.sort(key=lambda s: s.position)
+        if not ready or (keep and keep[-1].position < ready[0].position):
+            ready.extendleft(reversed(keep))
+            return
+        for stored in keep:
+            ready.insert(bisect.bisect([s.position for s in ready], stored.position), stored)
 
     def settle(self, delivery: MemoryDelivery, *, ack: bool, requeue: bool) -> None:
         """Ack, requeue or dead-letter one delivery."""
@@ -271,14 +318,21 @@ class BrokerState:
                            for q in self.queues.values())
 
     def timers_pending(self) -> int:
-        """Messages waiting for a TTL to expire (a retry delay, usually)."""
+        """Messages waiting in a retry or delay queue (the waits a jump may skip)."""
         with self.lock:
-            return sum(len(q.ready) for q in self.queues.values() if q.ttl_seconds is not None)
+            return sum(len(q.ready) for q in self.queues.values()
+                       if q.delays and q.ttl_seconds is not None)
 
     def is_idle(self) -> bool:
-        """Quiet, and no message waits for a TTL: nothing will happen by itself."""
+        """Quiet, and no message waits for a TTL that passes by itself: nothing will happen.
+
+        On a ``VirtualClock`` a main queue's TTL passes only by ``advance()``.
+        """
         with self.lock:
-            return self.is_quiet() and not self.timers_pending()
+            if not self.is_quiet() or self.timers_pending():
+                return False
+            return isinstance(self.clock, VirtualClock) or not any(
+                q.ready and q.ttl_seconds is not None for q in self.queues.values())
 
     def changed(self) -> None:
         """Wake whoever waits on the broker; with an autojump clock, skip dead time."""
@@ -300,18 +354,23 @@ def _expired(stored: Stored, now: float) -> bool:
 
 
 def _with_death(stored: Stored, queue: str, reason: str) -> dict[str, Any]:
-    """``stored``'s headers with RabbitMQ's ``x-death`` record of this dead-lettering."""
+    """``stored``'s headers with RabbitMQ's ``x-death`` record of this dead-lettering.
+
+    The time is a UTC datetime in whole seconds: what the AMQP client reads on RabbitMQ.
+    """
     headers = dict(stored.headers)
+    now = datetime.datetime.fromtimestamp(int(time.time()), datetime.UTC)
     deaths = [dict(d) for d in headers.get("x-death") or [] if isinstance(d, dict)]
     for death in deaths:
         if death.get("queue") == queue and death.get("reason") == reason:
-            death["count"] = int(death.get("count", 0)) + 1
-            death["time"] = int(time.time())
+            count = death.get("count", 0)
+            death["count"] = (count if isinstance(count, int) else 0) + 1
+            death["time"] = now
             deaths.remove(death)
             deaths.insert(0, death)
             break
     else:
-        deaths.insert(0, {"count": 1, "reason": reason, "queue": queue, "time": int(time.time()),
+        deaths.insert(0, {"count": 1, "reason": reason, "queue": queue, "time": now,
                           "exchange": stored.exchange, "routing-keys": [stored.routing_key]})
     headers["x-death"] = deaths
     headers.setdefault("x-first-death-exchange", stored.exchange)

@@ -1,18 +1,27 @@
-"""``MemoryTransport``: the Transport port over the in-memory broker's state."""
+"""``MemoryTransport``: the Transport port over the in-memory broker's state.
+
+What a message goes through between the application and RabbitMQ is emulated here: its headers
+are written and read as the AMQP client does (``wire``), it gets a ``message_id`` when it has
+none (the client gives it one), and a content header larger than the frame the connection
+negotiated closes the connection, as RabbitMQ does.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from eventyard.errors import BrokerConnectionError
+from eventyard.headers import DEFAULT_FRAME_MAX
+from eventyard.memory import wire
 from eventyard.memory.routing import Stored
 from eventyard.memory.state import BrokerState
-from eventyard.ports import Consumption, DeliveryCallback, OutgoingMessage
+from eventyard.ports import UNREADABLE_PROPERTIES, Consumption, DeliveryCallback, OutgoingMessage
 from eventyard.topology import Topology
 
 logger = logging.getLogger(__name__)
@@ -171,11 +180,13 @@ class MemoryConsumption:
 class MemoryTransport:
     """One "connection" to a ``MemoryBroker``: the Transport port, emulating AMQP routing."""
 
-    def __init__(self, state: BrokerState, name: str = "memory") -> None:
+    def __init__(self, state: BrokerState, name: str = "memory", *,
+                 frame_max: int = DEFAULT_FRAME_MAX) -> None:
         self._state = state
         self.name = name
         self.closed = False
         self.consumptions: list[MemoryConsumption] = []
+        self.frame_max = frame_max  # as negotiated with RabbitMQ: its default
 
     def _check_open(self) -> None:
         if self.closed:
@@ -192,9 +203,54 @@ class MemoryTransport:
         self._state.delete(topology)
 
     async def publish(self, messages: Sequence[OutgoingMessage]) -> list[int]:
-        """Route every message; return the indexes of those that reached no queue."""
+        """Route every message; return the indexes of those that reached no queue.
+
+        A header the AMQP client cannot write raises what the client raises (``TypeError``, or
+        ``UnicodeEncodeError`` for a lone surrogate) and nothing is published; a message whose
+        content header outgrows the frame closes the connection (``BrokerConnectionError``),
+        the messages before it published, as on RabbitMQ.
+        """
         self._check_open()
-        return self._state.publish(messages)
+        sent = [self._as_sent(message) for message in messages]
+        limit = self.frame_max - wire.FRAME_OVERHEAD if self.frame_max > 0 else None
+        for index, (stored, size) in enumerate(sent):
+            if limit is not None and size > limit:
+                if index:
+                    self._state.publish([s for s, _ in sent[:index]])
+                self.drop_now()
+                raise BrokerConnectionError(
+                    f"{self.name}: the broker closed the connection: message {stored.message_id} "
+                    f"has a {size}-byte content header, over the frame limit ({self.frame_max}); "
+                    "it was not stored")
+        return self._state.publish([stored for stored, _ in sent])
+
+    @staticmethod
+    def _as_sent(message: OutgoingMessage) -> tuple[Stored, int]:
+        """``message`` as the broker receives it from the AMQP client, and its header's size."""
+        table, headers = wire.as_delivered(message.headers)
+        message_id = message.message_id or uuid.uuid4().hex  # the client always sets one
+        size = wire.content_header_size(table, content_type=message.content_type,
+                                        message_id=message_id, type=message.type,
+                                        timestamp=message.timestamp)
+        return Stored(message.exchange, message.routing_key, message.body, headers, message_id,
+                      message.type, message.timestamp, message.content_type), size
+
+    async def publish_foreign(self, exchange: str, routing_key: str, body: bytes, *,
+                              headers_table: bytes, message_id: str | None = None,
+                              type: str | None = None) -> bool:
+        """Publish as a client in another language might: the headers as an encoded AMQP field
+        table, which need not be one eventyard's client could write. Return True if routed.
+
+        A consumer receives the headers as the AMQP client reads them; a table it cannot read
+        reaches it as ``UNREADABLE_PROPERTIES`` (saying why), as on RabbitMQ.
+        """
+        self._check_open()
+        headers, problem = wire.readable(headers_table)
+        if problem is not None:
+            headers = {UNREADABLE_PROPERTIES: problem}
+        stored = Stored(exchange, routing_key, body, headers, message_id, type, None,
+                        "application/json")
+        return not self._state.publish([stored])
 
     async def consume(self, queue: str, callback: DeliveryCallback, *, prefetch: int) -> Consumption:
         """Deliver ``queue`` to ``callback``, at most ``prefetch`` unacked."""
