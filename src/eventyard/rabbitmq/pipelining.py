@@ -63,6 +63,9 @@ async def _write_chunk(channel: Any, messages: Sequence[OutgoingMessage],
     futures: list[asyncio.Future[Any]] = []
     async with channel.lock:  # the order of tags must be the order of the frames on the wire
         confirmations, ids = channel.confirmations, channel.message_id_delivery_tag
+        # Every message is marshalled before any takes a tag: one the client cannot write (a
+        # header it refuses) raises with the channel's numbering untouched.
+        marshalled: list[spec.Basic.Properties] = []
         for message in messages:
             key = (message.exchange, message.routing_key)
             publish = publish_frames.get(key)
@@ -76,6 +79,8 @@ async def _write_chunk(channel: Any, messages: Sequence[OutgoingMessage],
             parts.append(pamqp.frame.marshal(
                 ContentHeader(properties=properties, body_size=len(body)), number))
             parts.extend(pamqp.frame.marshal(part, number) for part in channel._split_body(body))
+            marshalled.append(properties)
+        for properties in marshalled:
             channel.delivery_tag += 1
             tag = channel.delivery_tag
             confirmation: asyncio.Future[Any] = channel.create_future()
