@@ -159,6 +159,11 @@ class AsyncMessageConsumer:
         """Call ``observer`` for everything this consumer does with a delivery."""
         self._observers.append(observer)
 
+    def handler_names(self) -> dict[str, str]:
+        """The queue of each subscription -> the name of its handler (what events name)."""
+        return {subscription_queue(self.organization, self.service, s, self.store_queue):
+                s.handler_name for s in subscriptions_of(self._subscribers)}
+
     @property
     def is_running(self) -> bool:
         """True between ``start()`` and ``stop()``."""

@@ -66,3 +66,56 @@ def test_watching_a_memory_broker_end_to_end() -> None:
     recorder.assert_published(UserCreated, times=1)
     recorder.assert_handled(UserCreated, times=1)
     recorder.assert_nothing_dead_lettered()
+
+
+def store_handler(message: object) -> None:
+    return None
+
+
+def test_the_recorder_knows_which_handler_consumes_which_queue_the_store_included() -> None:
+    recorder = MessageRecorder()
+    subscribers = [MessageSubscriber.from_message(UserCreated, [send_mail_handler]),
+                   MessageSubscriber.all_messages([store_handler])]
+    with MemoryBroker(clock=VirtualClock()) as broker:
+        MemoryMessageConfigurer(broker, "acme", "registration").configure_subscribers(subscribers)
+        consumer = recorder.watch(MemoryMessageConsumer(broker, "acme", "registration"))
+        consumer.add_subscribers(subscribers)
+        consumer.start()
+        DomainEventBus(recorder.watch(broker), "acme", "registration").publish(
+            UserCreated(user_id=Uuid.v4()))
+        recorder.wait_until_handled(UserCreated, times=2, timeout=5)
+        consumer.stop()
+    recorder.assert_handled(UserCreated, times=1, handler=store_handler)  # its queue is "store"
+    recorder.assert_handled(UserCreated, times=1, handler="send_mail_handler")
+    recorder.assert_handled(times=0, handler="nobody")
+
+
+def test_the_rabbitmq_classes_take_a_watched_connector() -> None:
+    from eventyard.rabbitmq import (
+        RabbitMqCommandBus,
+        RabbitMqConnector,
+        RabbitMqDomainEventBus,
+        RabbitMqMessageConsumer,
+    )
+
+    recorder = MessageRecorder()
+    connector = RabbitMqConnector(environ={"EVENTYARD_MESSAGE_BROKER": "notimplemented"})
+    watched = recorder.watch(connector)
+    try:
+        RabbitMqDomainEventBus(watched, "acme", "registration").publish(UserCreated(user_id=Uuid.v4()))
+        RabbitMqCommandBus(watched, "acme", "registration").dispatch([PersistUser(user_id=Uuid.v4())])
+        consumer = recorder.watch(RabbitMqMessageConsumer(watched, "acme", "registration"))
+        assert consumer.engine.settings.prefetch == connector.settings.prefetch_count
+        assert watched.settings is connector.settings and watched.publishes_nowhere
+    finally:
+        connector.close()
+    recorder.assert_published(UserCreated, times=1)
+    recorder.assert_published(PersistUser, times=1)
+
+
+def test_watching_a_bus_says_to_watch_its_backend() -> None:
+    backend = capturing_backend()
+    bus = DomainEventBus(backend, "acme", "registration")
+    with pytest.raises(TypeError, match="watch the backend it is built on"):
+        MessageRecorder().watch(bus)  # type: ignore[call-overload]
+    backend.inner.loop_thread.stop()

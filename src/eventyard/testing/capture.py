@@ -1,9 +1,15 @@
-"""Capture what buses publish, over any backend, or over none (``capturing_backend``)."""
+"""Capture what buses publish, over any backend, or over none (``capturing_backend``).
+
+A ``RecordingBackend`` stands in for the backend it wraps wherever that one is taken: the
+generic buses and consumers, the RabbitMQ and memory classes (it passes on what they read of
+their connector: settings, the blocking publisher of a single RabbitMQ publish, recorded too).
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from eventyard import codec
 from eventyard.buses import Backend, NotImplementedBroker
@@ -17,12 +23,25 @@ from eventyard.topology import Topology
 logger = logging.getLogger(__name__)
 
 
+def _record(recorder: MessageRecorder, messages: Iterable[OutgoingMessage]) -> None:
+    decoded: list[Message] = []
+    for message in messages:
+        try:
+            decoded.append(codec.decode(message.body, allow_unknown=True))
+        except MessageDecodeError:  # raw bytes a test published on purpose
+            logger.debug("not recording an undecodable publish to %s", message.exchange)
+    recorder.record_published(decoded)
+
+
 class _RecordingTransport:
     """Passes everything to ``inner``; records each confirmed publish."""
 
     def __init__(self, inner: Transport, recorder: MessageRecorder) -> None:
         self._inner = inner
         self._recorder = recorder
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)  # frame_max and the like, as the inner one has them
 
     async def declare(self, topology: Topology) -> None:
         await self._inner.declare(topology)
@@ -32,13 +51,7 @@ class _RecordingTransport:
 
     async def publish(self, messages: Sequence[OutgoingMessage]) -> list[int]:
         unroutable = await self._inner.publish(messages)
-        decoded: list[Message] = []
-        for message in messages:
-            try:
-                decoded.append(codec.decode(message.body, allow_unknown=True))
-            except MessageDecodeError:  # raw bytes a test published on purpose
-                logger.debug("not recording an undecodable publish to %s", message.exchange)
-        self._recorder.record_published(decoded)
+        _record(self._recorder, messages)
         return unroutable
 
     async def consume(self, queue: str, callback: DeliveryCallback, *,
@@ -49,13 +62,47 @@ class _RecordingTransport:
         await self._inner.close()
 
 
+class _RecordingBlockingPublisher:
+    """A RabbitMQ connector's blocking publisher (one message on the caller's thread), recording."""
+
+    def __init__(self, inner: Any, recorder: MessageRecorder) -> None:
+        self._inner = inner
+        self._recorder = recorder
+
+    def try_publish(self, message: OutgoingMessage) -> bool | None:
+        routed: bool | None = self._inner.try_publish(message)
+        if routed is not None:  # None: not sent here, the event-loop path sends (and records) it
+            _record(self._recorder, [message])
+        return routed
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
 class RecordingBackend:
-    """A backend that forwards to ``inner`` and records what its publishers publish."""
+    """A backend that forwards to ``inner`` and records what its publishers publish.
+
+    Anything else asked of it (``settings``, ``close()``, ...) is the inner backend's.
+    """
 
     def __init__(self, inner: Backend, recorder: MessageRecorder | None = None) -> None:
         self.inner = inner
         self.recorder = recorder if recorder is not None else MessageRecorder()
         self._wrapped: dict[int, _RecordingTransport] = {}
+        self._blocking: _RecordingBlockingPublisher | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "inner":  # not set yet (copying, unpickling): no recursion through it
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    @property
+    def blocking_publisher(self) -> _RecordingBlockingPublisher:
+        """The inner backend's blocking publisher (RabbitMQ's single publish), recording."""
+        inner = getattr(self.inner, "blocking_publisher")  # noqa: B009 - AttributeError if none
+        if self._blocking is None or self._blocking._inner is not inner:
+            self._blocking = _RecordingBlockingPublisher(inner, self.recorder)
+        return self._blocking
 
     @property
     def loop_thread(self) -> LoopThread:

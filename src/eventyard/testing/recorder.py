@@ -1,25 +1,29 @@
 """``MessageRecorder``: what was published, handled, retried and dead-lettered, with asserts.
 
-Add it to a consumer as an observer (``consumer.add_observer(recorder)``) and wrap a backend
-with ``recorder.watch(backend)`` to also see what buses publish. Thread-safe: consumers call it
-on their loop, tests read it from theirs; ``wait_for`` waits on a condition with a timeout.
+``recorder.watch(consumer)`` makes it observe a consumer (any backend's, sync or async) and
+know which handler consumes which queue, the store's included; ``recorder.watch(backend)``
+wraps a backend (``RabbitMqConnector``, ``MemoryBroker``) so that the buses and consumers built
+on it are seen too: ``RabbitMqDomainEventBus(recorder.watch(connector), "acme", "svc")``.
+Thread-safe: consumers call it on their loop, tests read it from theirs; ``wait_for`` waits on a
+condition with a timeout.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
-from eventyard.consuming import ConsumerEvent, EventKind
+from eventyard.consuming import AsyncMessageConsumer, ConsumerEvent, EventKind
 from eventyard.messages import Message
 from eventyard.subscribers import Handler, handler_name
 
 if TYPE_CHECKING:
-    from eventyard.buses import Backend
+    from eventyard.buses import Backend, MessageConsumer
     from eventyard.testing.capture import RecordingBackend
 
 HandlerRef = str | Handler
+Consumer = TypeVar("Consumer", "MessageConsumer", AsyncMessageConsumer)
 
 
 def _is(message: Message | None, message_class: type[Message] | None) -> bool:
@@ -33,11 +37,11 @@ def _is(message: Message | None, message_class: type[Message] | None) -> bool:
         and message.get_message_kind() == message_class.message_kind)
 
 
-def _on_queue(queue: str, handler: HandlerRef | None) -> bool:
-    if handler is None:
-        return True
-    name = handler if isinstance(handler, str) else handler_name(handler)
-    return queue == name or queue.endswith("." + name)
+def _on_queue(queue: str, name: str, names: dict[str, str]) -> bool:
+    known = names.get(queue)
+    if known is not None:
+        return known == name
+    return queue == name or queue.endswith("." + name)  # a consumer it was not told about
 
 
 class MessageRecorder:
@@ -47,6 +51,7 @@ class MessageRecorder:
         self._condition = threading.Condition()
         self._events: list[ConsumerEvent] = []
         self._published: list[Message] = []
+        self._consumers: list[AsyncMessageConsumer] = []
 
     # -- recording -------------------------------------------------------------------------
     def __call__(self, event: ConsumerEvent) -> None:
@@ -61,11 +66,34 @@ class MessageRecorder:
             self._published.extend(messages)
             self._condition.notify_all()
 
-    def watch(self, backend: Backend) -> RecordingBackend:
-        """``backend``, recording into this recorder what its publishers publish."""
+    @overload
+    def watch(self, target: Consumer) -> Consumer: ...
+
+    @overload
+    def watch(self, target: Backend) -> RecordingBackend: ...
+
+    def watch(self, target: Any) -> Any:
+        """Observe ``target``: a consumer (returned as it is, now observed), or a backend
+        (returned wrapped: what its publishers publish is recorded).
+
+        Build buses on the wrapped backend, ``RabbitMqDomainEventBus(recorder.watch(connector),
+        ...)``, rather than passing a bus here.
+        """
         from eventyard.testing.capture import RecordingBackend
 
-        return RecordingBackend(backend, self)
+        engine = getattr(target, "engine", target)  # a sync consumer runs an async one
+        if isinstance(engine, AsyncMessageConsumer):
+            with self._condition:
+                if engine not in self._consumers:
+                    self._consumers.append(engine)
+                    engine.add_observer(self)
+            return target
+        if callable(getattr(target, "publisher_transport", None)):
+            return RecordingBackend(target, self)
+        raise TypeError(
+            f"watch() takes a consumer or a backend (a connector or broker), not "
+            f"{type(target).__name__}; for a bus, watch the backend it is built on: "
+            "DomainEventBus(recorder.watch(connector), ...)")
 
     def clear(self) -> None:
         """Forget everything recorded so far."""
@@ -86,9 +114,22 @@ class MessageRecorder:
 
     def _messages(self, kind: EventKind, message_class: type[Message] | None,
                   handler: HandlerRef | None) -> list[Message]:
-        return [e.message for e in self.events(kind)
-                if e.message is not None and _is(e.message, message_class)
-                and _on_queue(e.queue, handler)]
+        events = [e for e in self.events(kind)
+                  if e.message is not None and _is(e.message, message_class)]
+        if handler is not None:
+            name = handler if isinstance(handler, str) else handler_name(handler)
+            names = self._handler_names()
+            events = [e for e in events if _on_queue(e.queue, name, names)]
+        return [e.message for e in events if e.message is not None]
+
+    def _handler_names(self) -> dict[str, str]:
+        """Queue -> handler name, for every watched consumer (asked now: subscribers change)."""
+        with self._condition:
+            consumers = list(self._consumers)
+        names: dict[str, str] = {}
+        for consumer in consumers:
+            names.update(consumer.handler_names())
+        return names
 
     def handled(self, message_class: type[Message] | None = None, *,
                 handler: HandlerRef | None = None) -> list[Message]:
