@@ -259,15 +259,17 @@ class BrokerState:
             consumption.buffer.clear()
             queue = self.queues.get(consumption.queue)
             if queue is not None and back:
-                self._requeue(queue, [(d.stored, d.seen) for d in sorted(back, key=lambda d: d.tag)])
+                self._requeue(queue, [d.stored for d in back])
                 self._dispatch(queue)
             self.changed()
 
-    def _requeue(self, queue: Queue, items: list[tuple[Stored, bool]]) -> None:
+    def _requeue(self, queue: Queue, items: list[Stored]) -> None:
+        """Hand ``items`` back to ``queue``: redelivered, as RabbitMQ marks every message it
+        delivered (the consumer's callback saw it or not) and got back."""
         keep: list[Stored] = []
-        for stored, seen in items:
-            if seen:  # a new copy: the old delivery keeps showing what it was given
-                stored = replace(stored, redelivered=True, delivery_count=stored.delivery_count + 1)
+        for stored in items:
+            # A new copy: the old delivery keeps showing what it was given.
+            stored = replace(stored, redelivered=True, delivery_count=stored.delivery_count + 1)
             limit = queue.delivery_limit
             if limit is not None and stored.delivery_count > limit:
                 self._dead_letter(queue, stored, "delivery_limit")
@@ -301,7 +303,7 @@ class BrokerState:
             queue = self.queues.get(delivery.queue)
             if queue is not None and not ack:
                 if requeue:
-                    self._requeue(queue, [(delivery.stored, True)])
+                    self._requeue(queue, [delivery.stored])
                 else:
                     self._dead_letter(queue, delivery.stored, "rejected")
             if queue is not None:
