@@ -20,6 +20,7 @@ import aiormq.exceptions as amqp_errors
 from aiormq.abc import AbstractChannel, AbstractConnection, DeliveredMessage
 from pamqp import commands as spec
 
+from eventyard import naming
 from eventyard.errors import (
     BrokerConnectionError,
     ConfigurationError,
@@ -143,7 +144,11 @@ class RabbitMqTransport:
     # -- topology -----------------------------------------------------------------------------
 
     async def declare(self, topology: Topology) -> None:
-        """Declare ``topology`` and remember it for reconnects."""
+        """Declare ``topology`` and remember it for reconnects; ``ConfigurationError`` before
+        declaring anything if a name is one the AMQP client would refuse."""
+        naming.check_names(exchanges=(e.name for e in topology.exchanges),
+                           queues=(q.name for q in topology.queues),
+                           routing_keys=(b.routing_key for b in topology.bindings))
         await self._declare_on(await self._ready_connection(), topology)
         if topology not in self._topologies:
             self._topologies.append(topology)
