@@ -119,3 +119,15 @@ def test_watching_a_bus_says_to_watch_its_backend() -> None:
     with pytest.raises(TypeError, match="watch the backend it is built on"):
         MessageRecorder().watch(bus)  # type: ignore[call-overload]
     backend.inner.loop_thread.stop()
+
+
+def test_the_example_of_docs_testing_runs() -> None:
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "testing.md").read_text()
+    example = text.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict[str, object] = {}
+    exec(compile(example, "docs/testing.md", "exec", dont_inherit=True), namespace)
+    test = namespace["test_a_failing_mail_ends_in_the_dead_letter_queue"]
+    assert callable(test)
+    test()
