@@ -121,6 +121,7 @@ def test_petisco_publishes_and_eventyard_consumes(interop: Interop) -> None:
         assert type(received) is YardUserCreated
         assert (received.user_id, received.name) == (Uuid(event.user_id), event.name)
         assert received.get_occurred_on() == event.get_message_occurred_on().replace(tzinfo=None)
+        assert received.get_meta() == {}
     assert [e.kind for e in events.items] == ["handled"] * 3
 
 
@@ -234,14 +235,21 @@ def test_a_failing_handler_on_either_side_retries_then_dead_letters(interop: Int
 
 def test_each_side_picks_up_a_copy_the_other_side_retried(interop: Interop) -> None:
     """A message one side failed comes back through the retry queue to whichever consumer the
-    queue has then: here the other side's, which handles it once (during a switch-over)."""
+    queue has then: here the other side's (during a switch-over), which fails the copy once more
+    and retries it itself, then handles it."""
     runs, events = Runs(), Events()
+
+    def first_run(handler: str, side: str) -> Callable[[Any], bool]:
+        return lambda message: runs.of(handler, side)[pid(message)] == 1
+
     # relay_one: eventyard fails first, petisco takes over; relay_two: the other way round.
     yard_fails = [MessageSubscriber.from_message(
         YardUserCreated, [yard_handler("relay_one", runs, fail=always)])]
     petisco_fails = petisco_subscriber("relay_two", UserCreated, runs, fail=always)
-    petisco_takes = petisco_subscriber("relay_one", UserCreated, runs)
-    yard_takes = [MessageSubscriber.from_message(YardUserCreated, [yard_handler("relay_two", runs)])]
+    petisco_takes = petisco_subscriber("relay_one", UserCreated, runs,
+                                       fail=first_run("relay_one", "petisco"))
+    yard_takes = [MessageSubscriber.from_message(YardUserCreated, [
+        yard_handler("relay_two", runs, fail=first_run("relay_two", "eventyard"))])]
     interop.petisco.configure([petisco_fails, petisco_takes], retry_ttl_ms=RETRY_TTL_MS)
     yard = interop.yard(PRESET)
     yard.configure([*yard_fails, *yard_takes])
@@ -262,15 +270,17 @@ def test_each_side_picks_up_a_copy_the_other_side_retried(interop: Interop) -> N
     taking_petisco = interop.petisco.consume([petisco_takes], many, name="consumer-takes")
     yard.consume(yard_takes, many, events)
     interop.petisco.stop(failing_petisco)
-    wait_until(lambda: set(runs.of("relay_one", "petisco")) == ids
+    wait_until(lambda: runs.of("relay_one", "petisco") == Counter(dict.fromkeys(ids, 2))
                and len(events.of("handled", two)) == len(ids), 15, "the other sides to take over")
     interop.petisco.stop(taking_petisco)
 
-    assert runs.of("relay_one", "petisco") == Counter(dict.fromkeys(ids, 1))
-    assert runs.of("relay_two", "eventyard") == Counter(dict.fromkeys(ids, 1))
-    # eventyard read petisco's retry count off each copy it took over.
+    # petisco retried eventyard's copies (headers, no `queue` header, key retry.Q) correctly.
+    assert runs.of("relay_one", "petisco") == Counter(dict.fromkeys(ids, 2))
+    assert runs.of("relay_two", "eventyard") == Counter(dict.fromkeys(ids, 2))
+    # eventyard read petisco's retry count off each copy it took over, and counted on.
+    assert {e.message_id for e in events.of("retried", two)} == ids
     taken = events.of("handled", two)
-    assert len(taken) == len(ids) and all(e.redelivery_count >= 1 for e in taken)
+    assert len(taken) == len(ids) and all(e.redelivery_count >= 2 for e in taken)
     assert not events.of("dead_lettered")
     for queue in (one, two):
         assert interop.inspector.count(f"dead_letter.{queue}") == 0
