@@ -426,9 +426,18 @@ class _QueueWorker:
         loop = asyncio.get_running_loop()
         done = 0
         while done < len(decoded):
-            outcomes = await loop.run_in_executor(
-                self.consumer._executor, self._handle_in_thread,
-                [m for _, m, _ in decoded[done:]], loop)
+            outcomes: list[Outcome] = []  # filled by the handler thread as it goes
+            try:
+                await loop.run_in_executor(self.consumer._executor, self._handle_in_thread,
+                                           [m for _, m, _ in decoded[done:]], loop, outcomes)
+            except asyncio.CancelledError:
+                # Stopped while a handler of this batch hangs: ack the messages handled before
+                # it, so that they do not run again (the others come back).
+                for (delivery, _, _), outcome in zip(decoded[done:], list(outcomes), strict=False):
+                    if outcome.success:
+                        with contextlib.suppress(Exception):
+                            await delivery.ack()
+                raise
             for (delivery, message, count), outcome in zip(decoded[done:], outcomes, strict=False):
                 try:
                     await self._settle(delivery, message, outcome, count)
@@ -436,11 +445,11 @@ class _QueueWorker:
                     await self._recover(delivery, error)
             done += len(outcomes)
 
-    def _handle_in_thread(self, messages: list[Message],
-                          loop: asyncio.AbstractEventLoop) -> list[Outcome]:
-        """Run the sync handlers for ``messages`` in order, for at most about ``_BATCH_SECONDS``."""
+    def _handle_in_thread(self, messages: list[Message], loop: asyncio.AbstractEventLoop,
+                          outcomes: list[Outcome]) -> None:
+        """Run the sync handlers for ``messages`` in order, for at most about ``_BATCH_SECONDS``;
+        append the outcome of each to ``outcomes`` as soon as it is known."""
         deadline = time.monotonic() + _BATCH_SECONDS
-        outcomes = []
         for message in messages:
             outcome = SUCCESS
             for handler, _ in self.handlers:
@@ -450,7 +459,6 @@ class _QueueWorker:
             outcomes.append(outcome)
             if time.monotonic() >= deadline:
                 break
-        return outcomes
 
     async def _run_handlers(self, message: Message) -> Outcome:
         for handler, is_async in self.handlers:
