@@ -212,7 +212,8 @@ class Attacker:
         pending = asyncio.all_tasks(self.loop)
         for task in pending:
             task.cancel()
-        self.run(asyncio.gather(*pending, return_exceptions=True))
+        if pending:
+            self.run(asyncio.gather(*pending, return_exceptions=True))
         self.loop.close()
 
 
