@@ -424,7 +424,7 @@ def messages_handed_back_are_redelivered(w: World) -> Any:
     w.wait(lambda: started.is_set() and w.count(q) == 2, "four messages taken, the first started")
     stopping = threading.Thread(target=consumer.stop)
     stopping.start()
-    w.wait(lambda: not consumer.is_running, "the consumer to stop taking messages")
+    w.wait(lambda: w.count(q) == 5, "the three taken and not started to be handed back")
     gate.set()
     stopping.join(10)
     return [(m["body"]["attributes"]["n"], m["redelivered"]) for m in w.take(q) or []]
@@ -605,6 +605,27 @@ def headers_that_outgrow_a_frame(w: World) -> Any:
     w.wait_for_events("handled", 1)
     w.stop_consumers()
     return {"outcome": outcome, "runs": log.items()}
+
+
+@scenario
+def a_failing_message_with_headers_near_the_frame_size(w: World) -> Any:
+    """Headers that leave no room for the failure headers: the copy keeps a summary of them,
+    fits the frame, and is dead-lettered at once; the consumer goes on."""
+    log = Log()
+    subscribers = [MessageSubscriber.from_message(ItemPlaced, [failing(log)])]
+    w.configure(subscribers)
+    w.consumer(subscribers, max_retries=3)
+    w.publish_raw(key_of(w, ItemPlaced), codec.encode(ItemPlaced(n=1)),
+                  headers={"big": "x" * 129_600, "small": "kept"}, message_id="big-1")
+    w.wait_for_events("dead_lettered", 1)
+    w.stop_consumers()
+    dead = w.take(naming.dead_letter_queue(queue_of(w, ItemPlaced, "flaky"))) or []
+    for message in dead:  # too long to show; its size and kind say enough
+        stack = message["headers"].get("failure_stack", "")
+        message["headers"]["failure_stack"] = (len(stack), stack.splitlines()[-1:])
+        big = message["headers"].get("big")
+        message["headers"]["big"] = len(big) if big is not None else None
+    return {"runs": log.items(), "events": w.events(), "dead": dead}
 
 
 def _foreign(w: World, headers: bytes) -> Any:
