@@ -247,12 +247,19 @@ def build_topology(
         bindings.append(BindingSpec(dead_exchange, dead_q, naming.dead_letter_key(q)))
 
     commands: list[tuple[str, str]] = []
+    claimed: dict[str, Subscription] = {}
     for sub in subs:
         cls = sub.message_class
         if cls is None:
             continue
         owner = sub.publisher or svc
         q = subscription_queue(org, svc, sub, options.store_queue)
+        other = claimed.setdefault(q, sub)
+        if other is not sub:  # publisher= naming this very service, beside one that does not
+            raise ConfigurationError(
+                f"{sub.handler_name} of {cls.__name__} is subscribed twice to queue {q!r} (once "
+                f"with publisher={other.publisher!r}, once with publisher={sub.publisher!r}): "
+                "keep one")
         main = naming.exchange(org, owner)
         key = naming.routing_key(org, owner, cls.message_version, cls.message_kind, cls.message_name)
         bindings.append(BindingSpec(main, q, key))

@@ -322,3 +322,13 @@ def test_a_topology_with_a_name_too_long_is_refused_before_it_is_built() -> None
         build_topology("acme\n", "registration", [])
     with pytest.raises(ConfigurationError, match="store queue name"):
         TopologyOptions(store_queue="store\n")
+
+
+def test_two_subscriptions_to_one_queue_are_refused() -> None:
+    subscriptions = subscriptions_of([
+        MessageSubscriber.from_message(UserCreated, [send_mail_handler]),
+        MessageSubscriber.from_message(UserCreated, [send_mail_handler], publisher="registration")])
+    with pytest.raises(ConfigurationError, match=r"send_mail_handler of UserCreated is subscribed "
+                                                 r"twice to queue 'acme\.registration\.1"):
+        build_topology("acme", "registration", subscriptions)
+    build_topology("acme", "billing", subscriptions)  # from billing they are two services' queues
