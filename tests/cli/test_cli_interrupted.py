@@ -88,15 +88,12 @@ def test_killed_requeue_process_keeps_every_message_once(service: Service) -> No
 
 
 def test_connection_cut_mid_requeue_is_one_error_line_and_loses_nothing(service: Service) -> None:
-    from urllib.parse import urlsplit
-
     from support.tcpproxy import TcpProxy
 
     service.retry_ttl_ms = LONG_TTL_MS
     ids = service.dead_letter(COUNT, max_retries=0)
-    broker = urlsplit(service.url)
-    proxy = TcpProxy(broker.hostname or "127.0.0.1", broker.port or 5672)
-    env = {**service.env(), "RABBITMQ_URL": proxy.url(broker.username or "guest", broker.password or "guest")}
+    proxy = TcpProxy(service.url)
+    env = {**service.env(), "RABBITMQ_URL": proxy.url()}
     process = subprocess.Popen(
         [str(EVENTYARD), "dlq", "requeue", "-o", service.org, "-s", "registration",
          "-q", service.dead_letter_queue, "--wait", "0.3"],

@@ -151,7 +151,7 @@ def test_a_broker_restart_loses_no_confirmed_message_and_consumers_resume(
 
 
 def test_a_cut_connection_loses_no_confirmed_message_and_consumers_resume(app: RabbitApp) -> None:
-    proxy = TcpProxy("127.0.0.1", int(app.broker.url.rsplit(":", 1)[1].split("/")[0]))
+    proxy = TcpProxy(app.broker.url)
     connector = RabbitMqConnector(proxy.url())
     try:
         seen, published = _publish_and_count(connector, app.org, 600, proxy.cut)

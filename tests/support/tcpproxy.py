@@ -5,13 +5,17 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+from urllib.parse import urlsplit, urlunsplit
 
 
 class TcpProxy:
-    """Forwards 127.0.0.1:<port> to a target; ``cut()`` drops every open connection."""
+    """Forwards 127.0.0.1:<port> to the broker of an AMQP URL; ``cut()`` drops every open
+    connection. ``url()`` is that URL through the proxy: same user, password, vhost and query."""
 
-    def __init__(self, target_host: str, target_port: int) -> None:
-        self.target = (target_host, target_port)
+    def __init__(self, broker_url: str) -> None:
+        parts = urlsplit(broker_url)
+        self.target = (parts.hostname or "localhost", parts.port or 5672)
+        self._broker_url = broker_url
         self._server = socket.create_server(("127.0.0.1", 0))
         self.port = int(self._server.getsockname()[1])
         self._pairs: list[tuple[socket.socket, socket.socket]] = []
@@ -61,9 +65,12 @@ class TcpProxy:
         self.cuts += 1
         return len(pairs)
 
-    def url(self, user: str = "guest", password: str = "guest", vhost: str = "") -> str:
-        """An AMQP URL through the proxy."""
-        return f"amqp://{user}:{password}@127.0.0.1:{self.port}/{vhost}"
+    def url(self) -> str:
+        """The broker's AMQP URL with the proxy's address in place of the broker's."""
+        parts = urlsplit(self._broker_url)
+        credentials = parts.netloc.rpartition("@")[0]
+        netloc = f"{credentials}@127.0.0.1:{self.port}" if credentials else f"127.0.0.1:{self.port}"
+        return urlunsplit(parts._replace(netloc=netloc))
 
     def close(self) -> None:
         """Stop accepting and cut everything."""
