@@ -1,4 +1,5 @@
-"""Fixtures every test directory shares: the test broker, unique names, throwaway nodes.
+"""Fixtures every test directory shares: the test broker, unique names, throwaway nodes, and
+the end-of-session check that the tests left nothing on the broker.
 
 RabbitMQ tests never skip: if no broker answers and none can be started, they fail with a
 message that says how to get one (DESIGN §10).
@@ -8,12 +9,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import uuid
 from collections.abc import Iterator
 
 import pytest
 
+from support import names
 from support.broker import URL_ENV, Inspector, RabbitBroker, configured_url, probe
+from support.leftovers import holdings, left_behind, wait_for_clean
+from support.management import Management
 from support.rabbitnode import ThrowawayNode, rabbitmq_installed
 
 
@@ -24,7 +27,9 @@ def rabbit() -> Iterator[RabbitBroker]:
     problem = probe(url)
     if problem is None:
         ctl_ok = shutil.which("rabbitmqctl") is not None
-        yield RabbitBroker(url, Inspector(url, ctl_env=None if ctl_ok else dict(os.environ)))
+        management = Management.for_amqp_url(url)
+        yield RabbitBroker(url, Inspector(url, ctl_env=None if ctl_ok else dict(os.environ),
+                                          management=management if management.answers() else None))
         return
     if os.environ.get(URL_ENV) or not rabbitmq_installed():
         pytest.fail(
@@ -42,10 +47,61 @@ def rabbit() -> Iterator[RabbitBroker]:
         node.destroy()
 
 
+def _uses_the_broker(item: pytest.Item) -> bool:
+    return "rabbit" in getattr(item, "fixturenames", ()) or item.get_closest_marker("rabbitmq") is not None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_left_on_the_broker(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail the run if its tests left vhosts, users, queues or exchanges on the test broker.
+
+    When the session holds a RabbitMQ test, the broker's vhosts and users, and the queues and
+    exchanges of the test vhost (the configured URL's) and of ``/`` (where the petisco interop
+    tests must run), are listed before the first test and after the last one. Other runs use
+    the same broker meanwhile, so a name that appeared counts only if this session made it:
+
+    - it contains a name from ``support.names.unique`` (organisations from ``org``, the
+      contract suite's, private vhosts...), which no other run can have made;
+    - it is one the seed's code hardcodes (``acme.*``, ``alice.*``, ``store``...: see
+      ``leftovers.SEED_NAME``) and was absent at the start; those belong in a vhost of a
+      test's own, so on a shared vhost they are a leak, whichever run made it;
+    - or it is on the configured vhost when that is not ``/``: such a vhost is taken to be
+      this run's alone (``make test`` with a fresh vhost), so anything new there is a leftover.
+
+    Vhosts and users count only by the first rule. A name present at the start is never
+    blamed on this session. What is found is looked for again for up to 5 s first, as a queue
+    bound to a closing connection goes a moment later.
+    """
+    if not any(_uses_the_broker(item) for item in request.session.items):
+        yield
+        return
+    try:
+        broker: RabbitBroker = request.getfixturevalue("rabbit")
+    except pytest.fail.Exception:
+        yield  # the RabbitMQ tests themselves fail, saying why
+        return
+    inspector = broker.inspector
+    vhost = inspector.vhost
+    looked_at = {vhost, "/"}
+    dedicated = frozenset() if vhost == "/" or broker.throwaway is not None else frozenset({vhost})
+    before = holdings(inspector, looked_at)
+    yield
+    if broker.throwaway is not None:
+        return  # the node and all it holds is destroyed with the session
+
+    def look() -> list[str]:
+        return left_behind(before, holdings(inspector, looked_at), names.issued(), dedicated)
+
+    found = wait_for_clean(look)
+    if found:
+        pytest.fail(f"the tests left {len(found)} things on the broker: "
+                    + "; ".join(found[:50]) + (" ..." if len(found) > 50 else ""), pytrace=False)
+
+
 @pytest.fixture
 def org() -> str:
     """An organisation name no other test or run uses."""
-    return f"t{uuid.uuid4().hex[:10]}"
+    return names.unique()
 
 
 @pytest.fixture

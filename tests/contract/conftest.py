@@ -9,7 +9,6 @@ else on top of the backend with the generic sync facades, so the tests never nam
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -24,6 +23,7 @@ from eventyard.ports import OutgoingMessage
 from eventyard.subscribers import MessageSubscriber, handler_name, subscriptions_of
 from eventyard.testing import MessageRecorder
 from eventyard.topology import subscription_queue
+from support import names
 
 
 class Peeked(Protocol):
@@ -98,7 +98,7 @@ class Yard:
     def __init__(self, broker: BrokerUnderTest) -> None:
         self.broker = broker
         self.backend = broker.backend
-        self.organization = f"t{uuid.uuid4().hex[:10]}"
+        self.organization = names.unique()
         self.service = "registration"
         self.retry_ttl_ms = 200
         self.store_queue = f"store_{self.organization}"  # the store is not per-org: keep tests apart

@@ -67,8 +67,7 @@ class Interop:
 def interop(rabbit: RabbitBroker, org: str) -> Iterator[Interop]:
     """petisco and eventyard on ``/`` for a unique organisation and service; cleaned up after."""
     url = url_of_vhost(rabbit.url, "/")
-    inspector = Inspector(url, ctl_env=rabbit.inspector.ctl_env,
-                          nodename=rabbit.inspector.nodename)
+    inspector = rabbit.inspector.at(url)
     service = f"s{uuid.uuid4().hex[:8]}"
     world = Interop(url, inspector, org, service, PetiscoService(url, org, service))
     try:

@@ -24,6 +24,7 @@ from eventyard.rabbitmq import (
 )
 from eventyard.rabbitmq.settings import settings_from
 from eventyard.topology import TopologyOptions
+from support import names
 from support.broker import RabbitBroker
 from support.rabbitnode import free_port
 from support.waiting import wait_until
@@ -60,7 +61,7 @@ class Account:
 @pytest.fixture
 def account(rabbit: RabbitBroker) -> Iterator[Account]:
     """A new vhost and a user with a hostile password and no permissions (yet)."""
-    suffix = uuid.uuid4().hex[:10]
+    suffix = names.unique(prefix="", digits=10)  # for the end-of-session check
     vhost, user = f"eventyard-conn-{suffix}", f"eventyard-conn-{suffix}"
     base = settings_from(rabbit.url, environ={})
     host, port = base.endpoints[0]

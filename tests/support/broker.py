@@ -2,8 +2,8 @@
 
 The broker is ``EVENTYARD_TEST_AMQP_URL``, else ``amqp://guest:guest@localhost:5672/``; if none
 answers and rabbitmq-server is installed, a throwaway node is started for the run. Inspection
-uses AMQP (passive declares, basic.get) and, for arguments and bindings, rabbitmqctl against the
-same node.
+uses AMQP (passive declares, basic.get) and, for names, arguments and bindings, the management
+HTTP API when the broker has it, else rabbitmqctl against the same node.
 """
 
 from __future__ import annotations
@@ -12,11 +12,13 @@ import asyncio
 import json
 import os
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import aiormq
+
+from support.management import Management
 
 DEFAULT_URL = "amqp://guest:guest@localhost:5672/"
 URL_ENV = "EVENTYARD_TEST_AMQP_URL"
@@ -48,36 +50,51 @@ class Inspector:
     url: str
     ctl_env: dict[str, str] | None = None
     nodename: str | None = None
-    _vhost: str = field(init=False)
+    management: Management | None = None  # the same node's API, if it has one
+    vhost: str = field(init=False)
 
     def __post_init__(self) -> None:
         path = urlsplit(self.url).path
-        self._vhost = path[1:] if len(path) > 1 else "/"
+        self.vhost = unquote(path[1:]) if len(path) > 1 else "/"
+
+    def at(self, url: str) -> Inspector:
+        """An inspector of the same node for ``url`` (another vhost, another user)."""
+        return replace(self, url=url)
 
     def _ctl(self, *args: str) -> Any:
         command = ["rabbitmqctl", "-q"]
         if self.nodename:
             command += ["-n", self.nodename]
-        command += [*args, "-p", self._vhost, "--formatter", "json"]
+        command += [*args, "-p", self.vhost, "--formatter", "json"]
         result = subprocess.run(command, env=self.ctl_env, check=True, capture_output=True,
                                 text=True, timeout=60)
         return json.loads(result.stdout or "[]")
 
     def queues(self, prefix: str = "") -> dict[str, dict[str, Any]]:
         """Queue name -> its arguments (``durable`` included), for names containing ``prefix``."""
-        rows = self._ctl("list_queues", "name", "arguments", "durable")
+        if self.management is not None:
+            rows = self.management.queues(self.vhost)
+        else:
+            rows = self._ctl("list_queues", "name", "arguments", "durable")
         return {r["name"]: {**_args(r["arguments"]), "durable": r["durable"]} for r in rows
                 if prefix in r["name"]}
 
     def exchanges(self, prefix: str = "") -> dict[str, dict[str, Any]]:
         """Exchange name -> type and durability."""
-        rows = self._ctl("list_exchanges", "name", "type", "durable")
+        if self.management is not None:
+            rows = self.management.exchanges(self.vhost)
+        else:
+            rows = self._ctl("list_exchanges", "name", "type", "durable")
         return {r["name"]: {"type": r["type"], "durable": r["durable"]} for r in rows
                 if r["name"] and prefix in r["name"]}
 
     def bindings(self, prefix: str = "") -> set[tuple[str, str, str]]:
         """(exchange, queue, routing key) of every binding whose queue contains ``prefix``."""
-        rows = self._ctl("list_bindings", "source_name", "destination_name", "routing_key")
+        if self.management is not None:
+            rows = [{"source_name": r["source"], "destination_name": r["destination"],
+                     "routing_key": r["routing_key"]} for r in self.management.bindings(self.vhost)]
+        else:
+            rows = self._ctl("list_bindings", "source_name", "destination_name", "routing_key")
         return {(r["source_name"], r["destination_name"], r["routing_key"]) for r in rows
                 if r["source_name"] and prefix in r["destination_name"]}
 

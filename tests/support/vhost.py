@@ -14,11 +14,12 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import aiormq
 
-from support.broker import Inspector, RabbitBroker
+from support import names
+from support.broker import RabbitBroker
 
 # What a child process must not inherit from the test run: its broker is chosen by the test.
 _ENV_PREFIXES = ("RABBITMQ_", "EVENTYARD_", "PETISCO_")
@@ -35,13 +36,14 @@ class PrivateVhost:
     """``create()`` a vhost on ``broker``, use its ``url``/``env()``, then ``delete()`` it."""
 
     def __init__(self, broker: RabbitBroker) -> None:
-        self.name = f"t{uuid.uuid4().hex[:10]}"
+        self.name = names.unique()
         parts = urlsplit(broker.url)
-        self.user = parts.username or "guest"
+        self.user = unquote(parts.username or "guest")
         self.url = urlunsplit(parts._replace(path="/" + quote(self.name, safe="")))
         self._ctl_env = broker.inspector.ctl_env
         self._nodename = broker.inspector.nodename
-        self.inspector = Inspector(self.url, ctl_env=self._ctl_env, nodename=self._nodename)
+        self._management = broker.inspector.management
+        self.inspector = broker.inspector.at(self.url)
 
     def _ctl(self, *args: str) -> str:
         command = ["rabbitmqctl", "-q", *(["-n", self._nodename] if self._nodename else []), *args]
@@ -49,12 +51,18 @@ class PrivateVhost:
                               text=True, timeout=60).stdout
 
     def create(self) -> PrivateVhost:
+        if self._management is not None:
+            self._management.add_vhost(self.name, self.user)
+            return self
         self._ctl("add_vhost", self.name)
         self._ctl("set_permissions", "-p", self.name, self.user, ".*", ".*", ".*")
         return self
 
     def delete(self) -> None:
-        self._ctl("delete_vhost", self.name)
+        if self._management is not None:
+            self._management.delete_vhost(self.name)
+        else:
+            self._ctl("delete_vhost", self.name)
 
     def env(self) -> dict[str, str]:
         """This process's environment with RabbitMQ at this vhost."""
