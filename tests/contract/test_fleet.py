@@ -111,13 +111,16 @@ def test_three_services_one_store_cross_service_subscribers(yard: Yard) -> None:
             MessageSubscriber.from_message(UserCreated, [welcome], publisher="registration"),
             MessageSubscriber.from_message(InvoiceIssued, [mail_invoice], publisher="billing")],
     }
-    # Default options everywhere, configured in any order: the store is the organisation's.
+    # Default options everywhere (but a short retry delay), configured in any order: the store
+    # is the organisation's.
+    options = TopologyOptions(retry_ttl_ms=yard.retry_ttl_ms)
     for service in ("billing", "notifications", "registration"):
-        configurer = MessageConfigurer(backend, "acme", service, options=TopologyOptions())
+        configurer = MessageConfigurer(backend, "acme", service, options=options)
         configurer.configure_subscribers(fleet[service])
         yard._configured.append((configurer, fleet[service]))
     for service, subscribers in fleet.items():
-        consumer = MessageConsumer(backend, "acme", service, 3, observers=[yard.recorder])
+        consumer = MessageConsumer(backend, "acme", service, 3, observers=[yard.recorder],
+                                   options=options)
         consumer.add_subscribers(subscribers)
         yard._consumers.append(consumer)
         consumer.start()
@@ -145,9 +148,9 @@ def test_three_services_one_store_cross_service_subscribers(yard: Yard) -> None:
     # A second organisation on the vhost: its store needs a name of its own, and says so.
     shop = [MessageSubscriber.all_messages([event_store])]
     with pytest.raises(TopologyMismatchError, match="store_queue="):
-        MessageConfigurer(backend, "globex", "shop").configure_subscribers(shop)
-    globex = MessageConfigurer(backend, "globex", "shop",
-                               options=TopologyOptions(store_queue="store_globex"))
+        MessageConfigurer(backend, "globex", "shop", options=options).configure_subscribers(shop)
+    globex = MessageConfigurer(backend, "globex", "shop", options=TopologyOptions(
+        retry_ttl_ms=yard.retry_ttl_ms, store_queue="store_globex"))
     globex.configure_subscribers(shop)
     yard._configured.append((globex, shop))
     DomainEventBus(backend, "globex", "shop").publish(ShopOpened(shop_id=Uuid.v4()))
