@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
 import logging
 import signal
@@ -34,6 +35,7 @@ from eventyard.errors import (
 )
 from eventyard.headers import header_budget
 from eventyard.messages import Message
+from eventyard.observability import HANDLING, INSTRUMENTS, fields, instrument
 from eventyard.ports import (
     UNREADABLE_PROPERTIES,
     Consumption,
@@ -178,6 +180,7 @@ class AsyncMessageConsumer:
             raise ConfigurationError("no subscribers: call add_subscribers() before start()")
         self._stopped = asyncio.Event()
         self._stopping = False
+        instrument()
         self._transport = await self._transports()
         if any(not is_async_handler(h) for s in subscriptions for h in s.handlers):
             workers = self.settings.concurrency * len(subscriptions)
@@ -243,6 +246,9 @@ class AsyncMessageConsumer:
             with contextlib.suppress(Exception):
                 await transport.close()
         self._stopped.set()
+        if consumptions:
+            logger.info("stopped consuming %d queue(s) of %s.%s", len(consumptions),
+                        self.organization, self.service)
 
     async def run_until_signal(self) -> None:
         """Start, consume until SIGINT or SIGTERM, then stop gracefully."""
@@ -346,7 +352,7 @@ class _QueueWorker:
             if action is not None and action.fail:
                 outcome = outcome_of_exception(SimulatedChaosFailure("chaos: simulated failure"))
             else:
-                outcome = await self._run_handlers(message)
+                outcome = await self._run_handlers(message, delivery, count)
             await self._settle(delivery, message, outcome, count)
         except Exception as error:
             await self._recover(delivery, error)
@@ -429,7 +435,7 @@ class _QueueWorker:
             outcomes: list[Outcome] = []  # filled by the handler thread as it goes
             try:
                 await loop.run_in_executor(self.consumer._executor, self._handle_in_thread,
-                                           [m for _, m, _ in decoded[done:]], loop, outcomes)
+                                           decoded[done:], loop, outcomes)
             except asyncio.CancelledError:
                 # Stopped while a handler of this batch hangs: ack the messages handled before
                 # it, so that they do not run again (the others come back).
@@ -445,22 +451,56 @@ class _QueueWorker:
                     await self._recover(delivery, error)
             done += len(outcomes)
 
-    def _handle_in_thread(self, messages: list[Message], loop: asyncio.AbstractEventLoop,
-                          outcomes: list[Outcome]) -> None:
-        """Run the sync handlers for ``messages`` in order, for at most about ``_BATCH_SECONDS``;
-        append the outcome of each to ``outcomes`` as soon as it is known."""
+    def _handle_in_thread(self, items: list[tuple[Delivery, Message, int]],
+                          loop: asyncio.AbstractEventLoop, outcomes: list[Outcome]) -> None:
+        """Run the sync handlers for each message in order, for at most about
+        ``_BATCH_SECONDS``; append the outcome of each to ``outcomes`` as soon as it is known."""
         deadline = time.monotonic() + _BATCH_SECONDS
-        for message in messages:
+        instruments = INSTRUMENTS.active
+        for delivery, message, count in items:
+            token = HANDLING.set(message)  # what it publishes is caused by it
+            processing = (instruments.processing(delivery, message, count + 1)
+                          if instruments is not None else None)
+            entered = processing.enter() if processing is not None else None
             outcome = SUCCESS
-            for handler, _ in self.handlers:
-                outcome = call_sync_handler(handler, message, loop)
-                if not outcome.success:
-                    break
+            try:
+                for handler, _ in self.handlers:
+                    outcome = call_sync_handler(handler, message, loop)
+                    if not outcome.success:
+                        break
+            finally:
+                if processing is not None:
+                    processing.leave(entered)
+                HANDLING.reset(token)
+            if processing is not None:
+                processing.end(outcome, self._fate(outcome, count))
             outcomes.append(outcome)
             if time.monotonic() >= deadline:
                 break
 
-    async def _run_handlers(self, message: Message) -> Outcome:
+    def _fate(self, outcome: Outcome, count: int) -> bool | None:
+        """None if ``outcome`` is a success, else True if it will be retried."""
+        if outcome.success:
+            return None
+        return self.consumer.policy.decide(outcome, count) is Decision.RETRY
+
+    async def _run_handlers(self, message: Message, delivery: Delivery, count: int) -> Outcome:
+        token = HANDLING.set(message)  # what its handlers publish is caused by it
+        instruments = INSTRUMENTS.active
+        processing = (instruments.processing(delivery, message, count + 1)
+                      if instruments is not None else None)
+        entered = processing.enter() if processing is not None else None
+        try:
+            outcome = await self._call_handlers(message)
+        finally:
+            if processing is not None:
+                processing.leave(entered)
+            HANDLING.reset(token)
+        if processing is not None:
+            processing.end(outcome, self._fate(outcome, count))
+        return outcome
+
+    async def _call_handlers(self, message: Message) -> Outcome:
         for handler, is_async in self.handlers:
             if is_async:
                 try:
@@ -472,8 +512,11 @@ class _QueueWorker:
                                else outcome_of(returned))
             else:
                 loop = asyncio.get_running_loop()
-                outcome = await loop.run_in_executor(self.consumer._executor, call_sync_handler,
-                                                     handler, message, loop)
+                # The pool's thread runs it in this context: the message being handled, the
+                # current span (run_in_executor alone would leave them behind).
+                outcome = await loop.run_in_executor(
+                    self.consumer._executor, contextvars.copy_context().run, call_sync_handler,
+                    handler, message, loop)
             if not outcome.success:
                 return outcome
         return SUCCESS
@@ -487,13 +530,14 @@ class _QueueWorker:
             if self.consumer._observers:
                 notify(ConsumerEvent("handled", self.queue, message, count,
                                      message_id=message.get_message_id()))
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug("handled %s %s from %s (attempt %d, correlation %s)",
+                             message.get_message_name(), message.get_message_id(), self.queue,
+                             count + 1, message.get_correlation_id(),
+                             extra=fields(self.queue, message, count + 1, outcome="handled"))
             return
         retry = decision is Decision.RETRY
-        logger.log(logging.WARNING if retry else logging.ERROR,
-                   "%s %s failed on %s (attempt %d), %s: %s: %s", message.get_message_name(),
-                   message.get_message_id(), self.queue, count + 1,
-                   "retrying" if retry else "dead-lettering", outcome.error_type,
-                   outcome.error_message[:500])
+        self._log_failure(message, outcome, count, retry)
         notify(ConsumerEvent("failed", self.queue, message, count, outcome,
                              message.get_message_id()))
         if self.ordered:
@@ -504,6 +548,27 @@ class _QueueWorker:
             self.consumer._track(task)
             return
         await self._forward_and_notify(delivery, message, outcome, count, retry)
+
+    def _log_failure(self, message: Message, outcome: Outcome, count: int, retry: bool) -> None:
+        error = outcome.error_message[:500]
+        if retry:
+            options = self.consumer.options
+            delay = options.retry_ttl_ms if options is not None else None
+            logger.warning(
+                "%s %s failed on %s (attempt %d, correlation %s), retrying %s: %s: %s",
+                message.get_message_name(), message.get_message_id(), self.queue, count + 1,
+                message.get_correlation_id(),
+                f"in {delay} ms" if delay is not None else "after the retry queue's delay",
+                outcome.error_type, error,
+                extra=fields(self.queue, message, count + 1, outcome="retried",
+                             error_type=outcome.error_type, error=error, delay_ms=delay))
+        else:
+            logger.error(
+                "%s %s failed on %s (attempt %d, correlation %s), dead-lettering: %s: %s",
+                message.get_message_name(), message.get_message_id(), self.queue, count + 1,
+                message.get_correlation_id(), outcome.error_type, error,
+                extra=fields(self.queue, message, count + 1, outcome="dead_lettered",
+                             error_type=outcome.error_type, error=error))
 
     async def _forward_and_notify(self, delivery: Delivery, message: Message, outcome: Outcome,
                                   count: int, retry: bool) -> None:
@@ -521,9 +586,19 @@ class _QueueWorker:
     async def _poison(self, delivery: Delivery, error: Exception, count: int) -> None:
         if not isinstance(error, MessageDecodeError):
             error = MessageDecodeError(f"decoding failed: {type(error).__name__}: {error}")
-        logger.error("dead-lettering an undecodable message from %s: %s", self.queue,
-                     str(error)[:500])
+        reason = str(error)[:500]
+        logger.error("dead-lettering an undecodable message %s from %s (attempt %d, correlation "
+                     "%s): %s", delivery.message_id, self.queue, count + 1,
+                     delivery.correlation_id, reason,
+                     extra=fields(self.queue, None, count + 1, message_id=delivery.message_id,
+                                  correlation_id=delivery.correlation_id, outcome="poison",
+                                  error_type=type(error).__name__, error=reason))
         outcome = outcome_of_exception(error)
+        instruments = INSTRUMENTS.active
+        processing = (instruments.processing(delivery, None, count + 1)
+                      if instruments is not None else None)
+        if processing is not None:
+            processing.end(outcome, False)
         await self._forward(delivery, outcome, count, retry=False)
         self.consumer._notify(ConsumerEvent("poison", self.queue, None, count, outcome,
                                             delivery.message_id))
@@ -586,6 +661,7 @@ class _QueueWorker:
             message_id=delivery.message_id,
             type=delivery.type,
             timestamp=delivery.timestamp,
+            correlation_id=delivery.correlation_id,
         )
         try:
             unroutable = await transport.publish([copy])
@@ -598,6 +674,9 @@ class _QueueWorker:
                 f"{self.queue} is missing; run the configurer (message left unacked)"
             )
         await delivery.ack()
+        instruments = INSTRUMENTS.active
+        if instruments is not None:
+            instruments.settled(self.queue, outcome.error_type, retry)
         return retry
 
     def _suspect(self, delivery: Delivery, outcome: Outcome) -> None:

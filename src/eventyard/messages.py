@@ -76,6 +76,17 @@ def utc_now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
+def valid_id(value: Any) -> str | None:
+    """``value`` if it can stand as a correlation or causation id, else None: a non-empty
+    string that fits an AMQP short string (255 bytes), since it also travels as a property."""
+    if not isinstance(value, str) or not value or len(value) > 255:
+        return None
+    try:
+        return value if len(value.encode()) <= 255 else None
+    except UnicodeEncodeError:  # a lone surrogate from a hostile body
+        return None
+
+
 class Message(BaseModel):
     """Base of every message. Subclass ``DomainEvent`` or ``Command``, not this class.
 
@@ -177,6 +188,19 @@ class Message(BaseModel):
         """The attached ``InfoId``, if any."""
         raw = self._meta.get("info_id")
         return InfoId.model_validate(raw) if isinstance(raw, dict) else None
+
+    def get_correlation_id(self) -> str:
+        """The id of the conversation this message belongs to: the meta's ``correlation_id``
+        (or its ``InfoId``'s), else the message's own id (it starts a conversation)."""
+        meta = self._meta
+        found = valid_id(meta.get("correlation_id")) if meta else None
+        if found is None and meta and isinstance(info := meta.get("info_id"), dict):
+            found = valid_id(info.get("correlation_id"))
+        return found if found is not None else self.get_message_id()
+
+    def get_causation_id(self) -> str | None:
+        """The id of the message whose handler published this one (None for a first message)."""
+        return valid_id(self._meta.get("causation_id")) if self._meta else None
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in self.get_attributes().items())

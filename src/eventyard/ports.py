@@ -32,6 +32,7 @@ class OutgoingMessage:
     type: str | None = None
     timestamp: int | None = None  # seconds since the epoch
     content_type: str = "application/json"
+    correlation_id: str | None = None  # the conversation it belongs to (observability)
 
 
 class Delivery(Protocol):
@@ -72,6 +73,10 @@ class Delivery(Protocol):
     @property
     def timestamp(self) -> int | None:
         """The ``timestamp`` property, seconds since the epoch."""
+
+    @property
+    def correlation_id(self) -> str | None:
+        """The ``correlation_id`` property."""
 
     async def ack(self) -> None:
         """The message is done: the broker forgets it."""

@@ -10,6 +10,7 @@ from typing import Any
 from eventyard import codec, naming
 from eventyard.errors import UnroutableError
 from eventyard.messages import Command, DomainEvent, Message
+from eventyard.observability import INSTRUMENTS, Sending, instrument, stamp
 from eventyard.ports import OutgoingMessage, TransportSource
 
 logger = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ def tracing_headers(message: Message) -> dict[str, Any]:
 def outgoing(org: str, svc: str, message: Message) -> OutgoingMessage:
     """The AMQP message for publishing ``message`` to ``org``/``svc``."""
     name = message.get_message_name()
+    correlation_id = stamp(message)  # first: a message published by a handler gains meta
     return OutgoingMessage(
         exchange=naming.exchange(org, svc),
         routing_key=naming.routing_key(org, svc, message.get_message_version(),
@@ -37,7 +39,15 @@ def outgoing(org: str, svc: str, message: Message) -> OutgoingMessage:
         message_id=message.get_message_id(),
         type=name,
         timestamp=int(time.time()),
+        correlation_id=correlation_id,
     )
+
+
+def start_sending(batch: Sequence[OutgoingMessage]) -> Sending | None:
+    """Tell the instruments (if any) that ``batch`` is being sent: its span starts and the
+    trace context goes in its headers. None when no instrument is active."""
+    instruments = INSTRUMENTS.active
+    return instruments.sending(batch) if instruments is not None else None
 
 
 def _as_list(messages: Message | Sequence[Message], kind: type[Message]) -> list[Message]:
@@ -57,6 +67,7 @@ class _AsyncBus:
         self._transports = transports
         self.organization = naming.check_word(organization, "organization")
         self.service = naming.check_word(service, "service")
+        instrument()
 
     def prepare(self, messages: Message | Sequence[Message]) -> tuple[list[Message],
                                                                      list[OutgoingMessage]]:
@@ -69,7 +80,16 @@ class _AsyncBus:
         if not items:
             return
         transport = await self._transports()
-        report_unroutable(items, batch, await transport.publish(batch))
+        sending = start_sending(batch)
+        if sending is None:
+            report_unroutable(items, batch, await transport.publish(batch))
+            return
+        try:
+            report_unroutable(items, batch, await transport.publish(batch))
+        except BaseException as error:
+            sending.end(error)
+            raise
+        sending.end(None)
 
 
 def report_unroutable(items: Sequence[Message], batch: Sequence[OutgoingMessage],

@@ -71,6 +71,7 @@ class Stored:
     type: str | None
     timestamp: int | None
     content_type: str
+    correlation_id: str | None = None
     redelivered: bool = False
     expires_at: float | None = None
     delivery_count: int = 0

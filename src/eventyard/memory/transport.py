@@ -93,6 +93,11 @@ class MemoryDelivery:
         """The ``timestamp`` property."""
         return self.stored.timestamp
 
+    @property
+    def correlation_id(self) -> str | None:
+        """The ``correlation_id`` property."""
+        return self.stored.correlation_id
+
     async def ack(self) -> None:
         """Done: the broker forgets the message."""
         self.consumption.state.settle(self, ack=True, requeue=False)
@@ -231,9 +236,11 @@ class MemoryTransport:
         message_id = message.message_id or uuid.uuid4().hex  # the client always sets one
         size = wire.content_header_size(table, content_type=message.content_type,
                                         message_id=message_id, type=message.type,
-                                        timestamp=message.timestamp)
+                                        timestamp=message.timestamp,
+                                        correlation_id=message.correlation_id)
         return Stored(message.exchange, message.routing_key, message.body, headers, message_id,
-                      message.type, message.timestamp, message.content_type), size
+                      message.type, message.timestamp, message.content_type,
+                      message.correlation_id), size
 
     async def publish_foreign(self, exchange: str, routing_key: str, body: bytes, *,
                               headers_table: bytes, message_id: str | None = None,

@@ -239,11 +239,12 @@ _READERS: dict[bytes, Callable[[bytes, int], tuple[int, Any]]] = {
 
 # -- the content header ----------------------------------------------------------------------
 def content_header_size(table: bytes, *, content_type: str | None, message_id: str | None,
-                        type: str | None, timestamp: int | None) -> int:
+                        type: str | None, timestamp: int | None,
+                        correlation_id: str | None = None) -> int:
     """Bytes of the content-header frame payload of a message published as eventyard does
     (persistent, with these properties; ``table`` is its encoded headers, empty for none)."""
     size = _HEADER_FIXED + 1  # the delivery mode
-    for value in (content_type, message_id, type):
+    for value in (content_type, message_id, type, correlation_id):
         if value is not None:
             size += short_string_size(value)
     if timestamp is not None:

@@ -11,7 +11,12 @@ from eventyard.buses import CommandBus, DomainEventBus, MessageConfigurer, Messa
 from eventyard.chaos import EventChaos
 from eventyard.consuming import AsyncMessageConsumer, ConsumerSettings, Observer
 from eventyard.messages import Command, DomainEvent, Message
-from eventyard.publishing import AsyncCommandBus, AsyncDomainEventBus, report_unroutable
+from eventyard.publishing import (
+    AsyncCommandBus,
+    AsyncDomainEventBus,
+    report_unroutable,
+    start_sending,
+)
 from eventyard.rabbitmq.connector import RabbitMqConnector
 from eventyard.rabbitmq.settings import ConnectionSettings
 from eventyard.rabbitmq.transport import RabbitMqTransport
@@ -55,10 +60,18 @@ def _sent_blocking(connector: RabbitMqConnector, bus: AsyncDomainEventBus | Asyn
     if connector.loop_thread.in_loop_thread():
         return False
     items, batch = bus.prepare(messages)
-    routed = connector.blocking_publisher.try_publish(batch[0])
-    if routed is None:
-        return False
-    report_unroutable(items, batch, [] if routed else [0])
+    sending = start_sending(batch)
+    try:
+        routed = connector.blocking_publisher.try_publish(batch[0])
+        if routed is None:
+            return False  # a span left unended is never exported: the other path has its own
+        report_unroutable(items, batch, [] if routed else [0])
+    except BaseException as error:
+        if sending is not None:
+            sending.end(error)
+        raise
+    if sending is not None:
+        sending.end(None)
     return True
 
 

@@ -200,6 +200,12 @@ class RabbitMqDelivery:
         return int(value.timestamp()) if value is not None else None
 
     @property
+    def correlation_id(self) -> str | None:
+        """The ``correlation_id`` property."""
+        value = self._message.header.properties.correlation_id
+        return str(value) if value is not None else None
+
+    @property
     def is_stale(self) -> bool:
         """True when its channel is closed: it can no longer be acked."""
         return self._settlements.is_closed

@@ -114,7 +114,8 @@ class RabbitMqTransport:
                 delay = min(delay * 2, _MAX_BACKOFF_SECONDS)
             else:
                 self.reconnections += 1
-                logger.info("reconnected to RabbitMQ at %s", self.settings.describe())
+                logger.warning("reconnected to RabbitMQ at %s; resumed %d consumption(s)",
+                               self.settings.describe(), len(self._consumptions))
                 return
 
     async def _ready_connection(self) -> AbstractConnection:
