@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from eventyard import naming
 from eventyard.cli.common import quiet_aiormq
 from eventyard.errors import ConfigurationError, EventyardError
+from eventyard.observability import LEVELS, configure_logging
 from eventyard.rabbitmq import dead_letters
 from eventyard.rabbitmq.dead_letters import Report, Step
 from eventyard.rabbitmq.inspection import connect, queue_state
@@ -68,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--store-queue", default=naming.STORE_QUEUE,
                         help="Name of the store queue (default: store)")
     parser.add_argument("--dry-run", action="store_true", help="Show what would be requeued; move nothing")
+    parser.add_argument("--log-level", type=str.lower, choices=LEVELS,
+                        help="Level of eventyard's log lines (default: warning)")
+    parser.add_argument("--log-json", action="store_true", help="Log one JSON object per line")
     return parser
 
 
@@ -122,6 +126,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of ``eventyard-rabbitmq``."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.log_level or args.log_json:
+        configure_logging(args.log_level or "warning", json_lines=args.log_json)
     queues = _check(parser, args)
     try:
         settings = settings_from(args.url)

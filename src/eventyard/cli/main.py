@@ -25,6 +25,7 @@ from eventyard.cli.common import (
     StoreQueue,
     Url,
     err,
+    fail,
     load_subscribers,
     out,
     plural,
@@ -33,6 +34,7 @@ from eventyard.cli.common import (
     topology_options,
 )
 from eventyard.consuming import ConsumerSettings
+from eventyard.observability import LEVELS, configure_logging
 from eventyard.topology import DEFAULT_MAX_RETRIES, DEFAULT_RETRY_TTL_MS
 
 logger = logging.getLogger(__name__)
@@ -47,6 +49,12 @@ OPTIONAL_GROUPS = {"chaos": "eventyard.cli.chaos"}
 AppArgument = Annotated[str, typer.Argument(help="module:attribute: a list of MessageSubscriber "
                                                  "or a callable returning one.")]
 QueueType = Annotated[str, typer.Option("--queue-type", help="classic or quorum.")]
+LogLevel = Annotated[str | None, typer.Option(
+    "--log-level", help=f"Level of eventyard's log lines: {', '.join(LEVELS)} (other libraries "
+    "log warnings and above). Default: warning, info with -v.", show_default=False)]
+LogJson = Annotated[bool, typer.Option("--log-json", help="Log one JSON object per line (for log "
+                                                           "shippers), with queue, message and "
+                                                           "correlation ids as fields.")]
 
 
 def _add_optional_groups() -> None:
@@ -104,10 +112,11 @@ def consume(app_spec: AppArgument, organization: Organization, service: Service,
             = None,
             concurrency: Annotated[int | None, typer.Option(min=1, help="Handlers at once per queue.")]
             = None,
-            url: Url = None) -> None:
+            url: Url = None, log_level: LogLevel = None, log_json: LogJson = False) -> None:
     """Consume the application's queues until SIGINT or SIGTERM, then stop gracefully."""
     from eventyard.rabbitmq import RabbitMqConnector, RabbitMqMessageConfigurer, RabbitMqMessageConsumer
 
+    _configure_logging(log_level, log_json)
     subscribers = load_subscribers(app_spec)
     options = topology_options(retry_ttl, max_retries, store_queue, no_store, queue_type, layout)
     connector = RabbitMqConnector(settings=settings(url))
@@ -128,6 +137,16 @@ def consume(app_spec: AppArgument, organization: Organization, service: Service,
     finally:
         connector.close()
     err.print("stopped")
+
+
+def _configure_logging(level: str | None, json_lines: bool) -> None:
+    """``--log-level`` and ``--log-json``: nothing changes without them."""
+    if level is None and not json_lines:
+        return
+    if level is not None and level.strip().lower() not in LEVELS:
+        fail(f"--log-level {level!r} is not one of {', '.join(LEVELS)}")
+    configure_logging(level if level is not None else
+                      logging.getLogger("eventyard").getEffectiveLevel(), json_lines=json_lines)
 
 
 def main() -> None:
