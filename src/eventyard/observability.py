@@ -16,6 +16,7 @@ available; the hot paths read ``INSTRUMENTS.active`` once and do nothing more wh
 from __future__ import annotations
 
 import contextvars
+import importlib
 import json
 import logging
 import os
@@ -216,7 +217,7 @@ def instrument() -> Instruments | None:
     opentelemetry: Any = None
     if wanted is not False:
         try:
-            from eventyard import otel
+            otel = importlib.import_module("eventyard.otel")
         except ConfigurationError:
             if wanted:
                 raise
