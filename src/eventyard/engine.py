@@ -85,6 +85,8 @@ class LoopThread:
             tasks.append(task)
             task.add_done_callback(on_done)
 
+        # The callback runs in a copy of this thread's context, and the task in a copy of that:
+        # a handler's context (the message it handles, its span) reaches what it publishes.
         loop.call_soon_threadsafe(start)
         if not finished.acquire(timeout=-1 if timeout is None else timeout):
             raise TimeoutError(f"the eventyard call did not finish within {timeout}s")

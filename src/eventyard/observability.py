@@ -242,6 +242,14 @@ def add_metric_sink(sink: Any) -> None:
     instrument()
 
 
+def remove_metric_sink(sink: Any) -> None:
+    """Record nothing more in ``sink``."""
+    if sink in INSTRUMENTS.sinks:
+        INSTRUMENTS.sinks.remove(sink)
+    INSTRUMENTS.resolved = False
+    instrument()
+
+
 def header_text(headers: Mapping[str, Any], key: str) -> str | None:
     """A header as text (the AMQP client may hand over bytes), or None."""
     value = headers.get(key)

@@ -28,6 +28,7 @@ except ImportError as missing:  # the extra is not installed
 
 from eventyard.observability import header_text
 from eventyard.telemetry import (
+    DURATION_BUCKETS,
     ERROR_TYPE,
     MESSAGING_SYSTEM,
     SUBSCRIPTION,
@@ -37,9 +38,6 @@ if TYPE_CHECKING:
     from eventyard.ports import OutgoingMessage
 
 SCOPE = "eventyard"
-# The bucket boundaries the semantic conventions advise for messaging durations (seconds).
-DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
-                    10.0)
 
 
 def _version() -> str:

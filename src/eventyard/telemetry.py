@@ -35,6 +35,9 @@ BODY_SIZE = "messaging.message.body.size"
 ERROR_TYPE = "error.type"
 ATTEMPT = "eventyard.message.attempt"
 OUTCOME = "eventyard.message.outcome"
+# The bucket boundaries the semantic conventions advise for messaging durations (seconds).
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
+                    10.0)
 
 
 class Span(Protocol):

@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
+from cli.conftest import TIMEOUT, Service
 from contract.conftest import BROKER_PARAMS, BROKERS, Yard
 from eventyard.ports import Delivery
+from eventyard.rabbitmq import RabbitMqConnector
+from support.broker import RabbitBroker
 
 
 @dataclass(frozen=True)
@@ -75,3 +79,30 @@ def memory_yard(request: pytest.FixtureRequest) -> Iterator[Yard]:
         yield world
     finally:
         world.teardown()
+
+
+@pytest.fixture
+def service(rabbit: RabbitBroker, org: str) -> Iterator[Service]:
+    """A service of ``org`` on the test broker; deletes what it declared."""
+    connector = RabbitMqConnector(rabbit.url)
+    try:
+        yield Service(rabbit.url, org, connector, rabbit.inspector)
+    finally:
+        connector.close()
+        rabbit.inspector.delete_matching(org)
+
+
+class Lines:
+    """The lines a process writes to a pipe, read as they come."""
+
+    def __init__(self, pipe: Any) -> None:
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, args=(pipe,), daemon=True)
+        self._thread.start()
+
+    def _read(self, pipe: Any) -> None:
+        for line in pipe:
+            self.lines.append(line.rstrip("\n"))
+
+    def join(self) -> None:
+        self._thread.join(TIMEOUT)

@@ -5,46 +5,16 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import threading
-from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
 from cli.cliapp import UserCreated
 from cli.conftest import EVENTYARD, LEGACY, ROOT, TIMEOUT, Service, wait_until
 from eventyard import Uuid
-from eventyard.rabbitmq import RabbitMqConnector, RabbitMqDomainEventBus
-from support.broker import RabbitBroker
+from eventyard.rabbitmq import RabbitMqDomainEventBus
+from observability.conftest import Lines
 
 pytestmark = pytest.mark.rabbitmq
-
-
-@pytest.fixture
-def service(rabbit: RabbitBroker, org: str) -> Iterator[Service]:
-    """A service of ``org`` on the test broker; deletes what it declared."""
-    connector = RabbitMqConnector(rabbit.url)
-    try:
-        yield Service(rabbit.url, org, connector, rabbit.inspector)
-    finally:
-        connector.close()
-        rabbit.inspector.delete_matching(org)
-
-
-class Lines:
-    """The lines a process writes to a pipe, read as they come."""
-
-    def __init__(self, pipe: Any) -> None:
-        self.lines: list[str] = []
-        self._thread = threading.Thread(target=self._read, args=(pipe,), daemon=True)
-        self._thread.start()
-
-    def _read(self, pipe: Any) -> None:
-        for line in pipe:
-            self.lines.append(line.rstrip("\n"))
-
-    def join(self) -> None:
-        self._thread.join(TIMEOUT)
 
 
 def test_consume_logs_every_outcome_as_json_lines(service: Service) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 import logging
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -34,6 +34,7 @@ from eventyard.cli.common import (
     topology_options,
 )
 from eventyard.consuming import ConsumerSettings
+from eventyard.errors import ConfigurationError
 from eventyard.observability import LEVELS, configure_logging
 from eventyard.topology import DEFAULT_MAX_RETRIES, DEFAULT_RETRY_TTL_MS
 
@@ -52,6 +53,10 @@ QueueType = Annotated[str, typer.Option("--queue-type", help="classic or quorum.
 LogLevel = Annotated[str | None, typer.Option(
     "--log-level", help=f"Level of eventyard's log lines: {', '.join(LEVELS)} (other libraries "
     "log warnings and above). Default: warning, info with -v.", show_default=False)]
+MetricsPort = Annotated[int | None, typer.Option(
+    "--metrics-port", min=0, max=65535, show_default=False,
+    help="Serve Prometheus metrics on this port (/metrics; needs eventyard[prometheus]).")]
+MetricsAddr = Annotated[str, typer.Option("--metrics-addr", help="Address the metrics are served on.")]
 LogJson = Annotated[bool, typer.Option("--log-json", help="Log one JSON object per line (for log "
                                                            "shippers), with queue, message and "
                                                            "correlation ids as fields.")]
@@ -112,11 +117,13 @@ def consume(app_spec: AppArgument, organization: Organization, service: Service,
             = None,
             concurrency: Annotated[int | None, typer.Option(min=1, help="Handlers at once per queue.")]
             = None,
-            url: Url = None, log_level: LogLevel = None, log_json: LogJson = False) -> None:
+            url: Url = None, log_level: LogLevel = None, log_json: LogJson = False,
+            metrics_port: MetricsPort = None, metrics_addr: MetricsAddr = "0.0.0.0") -> None:
     """Consume the application's queues until SIGINT or SIGTERM, then stop gracefully."""
     from eventyard.rabbitmq import RabbitMqConnector, RabbitMqMessageConfigurer, RabbitMqMessageConsumer
 
     _configure_logging(log_level, log_json)
+    metrics = _serve_metrics(metrics_port, metrics_addr) if metrics_port is not None else None
     subscribers = load_subscribers(app_spec)
     options = topology_options(retry_ttl, max_retries, store_queue, no_store, queue_type, layout)
     connector = RabbitMqConnector(settings=settings(url))
@@ -136,6 +143,8 @@ def consume(app_spec: AppArgument, organization: Organization, service: Service,
             consumer.run()
     finally:
         connector.close()
+        if metrics is not None:
+            metrics.shutdown()
     err.print("stopped")
 
 
@@ -147,6 +156,18 @@ def _configure_logging(level: str | None, json_lines: bool) -> None:
         fail(f"--log-level {level!r} is not one of {', '.join(LEVELS)}")
     configure_logging(level if level is not None else
                       logging.getLogger("eventyard").getEffectiveLevel(), json_lines=json_lines)
+
+
+def _serve_metrics(port: int, addr: str) -> Any:
+    """``--metrics-port``: Prometheus metrics over HTTP for the consumer's life."""
+    try:
+        from eventyard.prometheus import serve_metrics
+
+        server = serve_metrics(port, addr)
+    except ConfigurationError as error:
+        fail(str(error))
+    err.print(f"serving metrics on http://{addr}:{server.server_port}/metrics")
+    return server
 
 
 def main() -> None:
