@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from eventyard.errors import ChaosConfigurationError
+from eventyard.errors import SimulatedChaosFailure as SimulatedChaosFailure  # its old home
 from eventyard.retry import FAILURE_ROUTING_KEY
 
 ENV_NACK = "EVENT_CHAOS_PERCENTAGE_SIMULATE_NACK"
@@ -33,10 +34,6 @@ class ChaosAction:
 
 
 NO_CHAOS = ChaosAction()
-
-
-class SimulatedChaosFailure(Exception):
-    """The handler failure chaos pretends happened."""
 
 
 def _fraction(value: float | str | None, name: str) -> float:

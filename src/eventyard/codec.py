@@ -16,7 +16,7 @@ from typing import Any
 import pydantic_core
 from pydantic import BaseModel, ValidationError
 
-from eventyard.errors import MessageDecodeError
+from eventyard.errors import InvalidMessageError, MessageDecodeError
 from eventyard.messages import Command, DomainEvent, Message, MessageKind
 
 OCCURRED_ON_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
@@ -66,7 +66,7 @@ def envelope(message: Message) -> dict[str, Any]:
 def encode(message: Message) -> bytes:
     """``message`` as UTF-8 JSON bytes."""
     if not isinstance(message, Message):
-        raise TypeError(f"expected a DomainEvent or Command, got {type(message).__name__}")
+        raise InvalidMessageError(f"expected a DomainEvent or Command, got {type(message).__name__}")
     # Private attributes read from their dict at once: pydantic's attribute lookup for them
     # costs more than the rest of encoding.
     private = message.__pydantic_private__ or {}

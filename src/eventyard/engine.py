@@ -19,11 +19,14 @@ from collections.abc import Coroutine
 from types import FrameType
 from typing import Any, Protocol, TypeVar
 
-from eventyard.errors import ConfigurationError
+from eventyard.errors import CallTimeoutError, ConfigurationError
 
 T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
+
+# How long a timed-out call waits for its cancelled task to unwind before it raises anyway.
+_CANCEL_GRACE_SECONDS = 1.0
 
 
 class LoopThread:
@@ -54,6 +57,12 @@ class LoopThread:
                 ready.wait()
             return self._loop
 
+    @property
+    def is_started(self) -> bool:
+        """True while the loop's thread runs (``loop`` starts it; ``stop()`` ends it)."""
+        with self._lock:
+            return self._thread is not None and self._thread.is_alive()
+
     def in_loop_thread(self) -> bool:
         """True when called from the loop's own thread."""
         return self._thread is not None and threading.current_thread() is self._thread
@@ -63,7 +72,11 @@ class LoopThread:
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        """Run ``coro`` on the loop and wait for its result from this (other) thread."""
+        """Run ``coro`` on the loop and wait for its result from this (other) thread.
+
+        After ``timeout`` seconds the task is cancelled, given a moment to unwind, and
+        ``CallTimeoutError`` is raised: a call that gave up does not go on in the background.
+        """
         if self.in_loop_thread():
             coro.close()
             raise ConfigurationError(
@@ -88,9 +101,20 @@ class LoopThread:
         # The callback runs in a copy of this thread's context, and the task in a copy of that:
         # a handler's context (the message it handles, its span) reaches what it publishes.
         loop.call_soon_threadsafe(start)
-        if not finished.acquire(timeout=-1 if timeout is None else timeout):
-            raise TimeoutError(f"the eventyard call did not finish within {timeout}s")
-        return tasks[0].result()
+        if finished.acquire(timeout=-1 if timeout is None else timeout):
+            return tasks[0].result()
+
+        def abandon() -> None:  # runs after start(): the loop takes callbacks in order
+            for task in tasks:
+                task.cancel()
+                # Whatever it ends with now, nobody will read it: don't let asyncio log it.
+                task.add_done_callback(lambda done: done.cancelled() or done.exception())
+
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nothing runs on it
+            loop.call_soon_threadsafe(abandon)
+            finished.acquire(timeout=_CANCEL_GRACE_SECONDS)
+        raise CallTimeoutError(f"the eventyard call did not finish within {timeout:g}s and "
+                               "was cancelled")
 
     def stop(self) -> None:
         """Stop the loop and wait for its thread."""

@@ -1,21 +1,28 @@
 """Every error eventyard raises, in one tree.
 
     EventyardError
-    ├── ConfigurationError        wrong set-up, found before any message moves
+    ├── ConfigurationError        wrong set-up or argument, found before any message moves
     │   ├── SubscriberError       a subscriber or handler that cannot be used
-    │   ├── QueueNotFoundError    consuming a queue nobody declared
-    │   └── TopologyMismatchError the broker holds a queue or exchange with other arguments
+    │   ├── QueueNotFoundError    a queue the broker does not have (consumed, inspected, requeued)
+    │   ├── TopologyMismatchError the broker holds a queue or exchange with other arguments
+    │   └── ChaosConfigurationError  a chaos setting out of range
+    ├── InvalidMessageError       a message, or a value for one, that cannot be built or sent
+    │                             (also a TypeError and a ValueError, as Python's checks are)
     ├── MessageDecodeError        a body that is not a valid eventyard / petisco message
     ├── InvalidHandlerResult      a handler returned neither success nor failure (its
     │                             message's failure, never raised to the caller)
-    ├── BrokerError               the broker could not be reached or refused something
-    │   ├── BrokerConnectionError cannot connect, or the connection was lost mid-operation
-    │   ├── PublishNackedError    the broker refused (nacked) a published message
-    │   ├── PublishTimeoutError   no confirm in time (a broker alarm blocked publishing, say)
-    │   └── UnroutableError       a command that no queue receives
-    └── ChaosConfigurationError   a chaos setting out of range (also a ConfigurationError)
+    ├── SimulatedChaosFailure     the handler failure chaos pretends (a message's failure too)
+    ├── CallTimeoutError          a blocking call (sync API, wait until idle) ran out of time;
+    │                             its work was cancelled (also a TimeoutError)
+    └── BrokerError               the broker could not be reached or refused something
+        ├── BrokerConnectionError cannot connect, or the connection was lost mid-operation
+        ├── PublishNackedError    the broker refused (nacked) a published message
+        ├── PublishTimeoutError   no confirm in time (a broker alarm blocked publishing, say)
+        └── UnroutableError       a command that no queue receives
 
-Messages say what failed and what to do about it; passwords never appear in them.
+Messages say what failed and what to do about it; passwords never appear in them. A bug (in
+eventyard or in the application) is not translated: it propagates as the exception it is, and
+is never reported as a lost connection.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ class EventyardError(Exception):
 
 
 class ConfigurationError(EventyardError):
-    """The application's set-up is wrong; found before any message moves."""
+    """The application's set-up, or an argument, is wrong; found before any message moves."""
 
 
 class SubscriberError(ConfigurationError):
@@ -34,7 +41,7 @@ class SubscriberError(ConfigurationError):
 
 
 class QueueNotFoundError(ConfigurationError):
-    """A consumer asked for a queue the broker does not have."""
+    """A queue the broker does not have: configure the subscribers first, or check the name."""
 
 
 class TopologyMismatchError(ConfigurationError):
@@ -45,6 +52,14 @@ class ChaosConfigurationError(ConfigurationError):
     """A chaos setting is out of range or malformed."""
 
 
+class InvalidMessageError(EventyardError, TypeError, ValueError):
+    """A message, or a value for one (a UUID, its meta), cannot be built or sent as given.
+
+    Also a ``TypeError`` and a ``ValueError``: code written against Python's own checks, and
+    pydantic validation (which turns a ``ValueError`` into a field error), keep working.
+    """
+
+
 class MessageDecodeError(EventyardError):
     """A message body cannot be decoded into a known, valid message."""
 
@@ -52,6 +67,14 @@ class MessageDecodeError(EventyardError):
 class InvalidHandlerResult(EventyardError):
     """A handler returned something that is neither success nor failure (a string, a number,
     an unawaited coroutine, a nested result): its message counts as failed."""
+
+
+class SimulatedChaosFailure(EventyardError):
+    """The handler failure chaos pretends happened: its message counts as failed."""
+
+
+class CallTimeoutError(EventyardError, TimeoutError):
+    """A blocking call did not finish in time; the work it started was cancelled."""
 
 
 class BrokerError(EventyardError):

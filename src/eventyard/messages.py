@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, GetCoreSchemaHandler, PrivateAttr
 from pydantic_core import core_schema
 
 from eventyard import naming
+from eventyard.errors import InvalidMessageError
 
 MessageKind = Literal["event", "command"]
 _CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -32,7 +33,7 @@ class Uuid(str):
         try:
             canonical = str(value if isinstance(value, uuid.UUID) else uuid.UUID(str(value)))
         except (ValueError, AttributeError, TypeError):
-            raise ValueError(f"{value!r} is not a valid UUID") from None
+            raise InvalidMessageError(f"{value!r} is not a valid UUID") from None
         return super().__new__(cls, canonical)
 
     @classmethod
@@ -56,7 +57,7 @@ class Uuid(str):
         if isinstance(value, cls):
             return value
         if not isinstance(value, str | uuid.UUID):
-            raise ValueError(f"expected a UUID string, got {type(value).__name__}")
+            raise InvalidMessageError(f"expected a UUID string, got {type(value).__name__}")
         return cls(value)
 
 
@@ -112,13 +113,13 @@ class Message(BaseModel):
         if args:  # positional fields in declaration order, as in UserCreated(user_id, name)
             names = list(type(self).model_fields)
             if len(args) > len(names):
-                raise TypeError(
+                raise InvalidMessageError(
                     f"{type(self).__name__} takes at most {len(names)} positional fields "
                     f"({', '.join(names) or 'none'}), got {len(args)}"
                 )
             for name, value in zip(names, args, strict=False):
                 if name in data:
-                    raise TypeError(f"{type(self).__name__} got {name!r} twice")
+                    raise InvalidMessageError(f"{type(self).__name__} got {name!r} twice")
                 data[name] = value
         super().__init__(**data)
         self._message_id = str(uuid.uuid4())
@@ -130,7 +131,7 @@ class Message(BaseModel):
         if "message_name" not in cls.__dict__ or not cls.__dict__["message_name"]:
             cls.message_name = naming.message_name(cls.__name__)
         if not isinstance(cls.message_version, int) or cls.message_version < 1:
-            raise TypeError(f"{cls.__name__}.message_version must be an integer >= 1")
+            raise InvalidMessageError(f"{cls.__name__}.message_version must be an integer >= 1")
         if cls.__module__ != __name__:
             from eventyard.codec import default_registry
 
@@ -173,14 +174,14 @@ class Message(BaseModel):
     def with_meta(self, meta: dict[str, Any]) -> Self:
         """Merge ``meta`` into the message's meta and return the message."""
         if not isinstance(meta, dict):
-            raise TypeError(f"meta must be a dict, got {type(meta).__name__}")
+            raise InvalidMessageError(f"meta must be a dict, got {type(meta).__name__}")
         self._meta.update(meta)
         return self
 
     def add_info_id(self, info_id: InfoId) -> Self:
         """Attach an ``InfoId`` under ``meta["info_id"]`` and return the message."""
         if not isinstance(info_id, InfoId):
-            raise TypeError(f"add_info_id expects an InfoId, got {type(info_id).__name__}")
+            raise InvalidMessageError(f"add_info_id expects an InfoId, got {type(info_id).__name__}")
         self._meta["info_id"] = info_id.model_dump(exclude_none=True)
         return self
 

@@ -179,7 +179,7 @@ def is_dead_letter_queue(queue_name: str) -> bool:
 
 
 def subscriber_queue_of(dead_letter_queue_name: str) -> str:
-    """``dead_letter.Q`` -> ``Q``; raise ``ValueError`` for another name."""
+    """``dead_letter.Q`` -> ``Q``; ``ConfigurationError`` for another name."""
     if not is_dead_letter_queue(dead_letter_queue_name):
-        raise ValueError(f"{dead_letter_queue_name!r} is not a dead-letter queue (dead_letter.*)")
+        raise ConfigurationError(f"{dead_letter_queue_name!r} is not a dead-letter queue (dead_letter.*)")
     return dead_letter_queue_name[len("dead_letter.") :]

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from eventyard import codec, naming
-from eventyard.errors import UnroutableError
+from eventyard.errors import InvalidMessageError, UnroutableError
 from eventyard.messages import Command, DomainEvent, Message
 from eventyard.observability import INSTRUMENTS, Sending, instrument, stamp
 from eventyard.ports import OutgoingMessage, TransportSource
@@ -56,7 +56,7 @@ def _as_list(messages: Message | Sequence[Message], kind: type[Message]) -> list
     )
     for item in items:
         if not isinstance(item, kind):
-            raise TypeError(f"expected {kind.__name__} instances, got {type(item).__name__}")
+            raise InvalidMessageError(f"expected {kind.__name__} instances, got {type(item).__name__}")
     return items
 
 

@@ -10,12 +10,13 @@ import eventyard
 
 CURATED = {
     "AsyncCommandBus", "AsyncDomainEventBus", "BrokerConnectionError", "BrokerError",
-    "ChaosConfigurationError", "Command", "CommandBus", "ConfigurationError", "ConsumerEvent",
-    "ConsumerSettings", "DomainEvent", "DomainEventBus", "Event", "EventChaos", "EventyardError",
-    "InfoId", "Message", "MessageConfigurer", "MessageConsumer", "MessageDecodeError",
-    "MessageSubscriber", "NotImplementedBroker", "PublishNackedError", "PublishTimeoutError",
-    "SubscriberError", "TopologyMismatchError", "TopologyOptions", "UnroutableError", "Uuid",
-    "broker_from_env",
+    "CallTimeoutError", "ChaosConfigurationError", "Command", "CommandBus", "ConfigurationError",
+    "ConsumerEvent", "ConsumerSettings", "DomainEvent", "DomainEventBus", "Event", "EventChaos",
+    "EventyardError", "InfoId", "InvalidHandlerResult", "InvalidMessageError", "Message",
+    "MessageConfigurer", "MessageConsumer", "MessageDecodeError", "MessageSubscriber",
+    "NotImplementedBroker", "PublishNackedError", "PublishTimeoutError", "QueueNotFoundError",
+    "SimulatedChaosFailure", "SubscriberError", "TopologyMismatchError", "TopologyOptions",
+    "UnroutableError", "Uuid", "broker_from_env",
 }
 
 

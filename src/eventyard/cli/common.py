@@ -77,11 +77,9 @@ def reported() -> Iterator[None]:
         yield
     except (typer.Exit, typer.Abort, typer.exceptions.TyperException):
         raise  # typer's own way out (``fail`` raises it), not an error of the command
-    except LookupError as error:
-        fail(str(error.args[0] if error.args else error))
     except TopologyMismatchError as error:
         fail(str(error), RUNTIME_ERROR)
-    except (ConfigurationError, ValueError) as error:
+    except ConfigurationError as error:  # a queue that does not exist included
         fail(str(error))
     except EventyardError as error:
         fail(str(error), RUNTIME_ERROR)
@@ -164,7 +162,7 @@ def app_topology(spec: str, org: str, svc: str, options: TopologyOptions) -> Top
     subscribers = load_subscribers(spec)
     try:
         return build_topology(org, svc, subscriptions_of(subscribers), options)
-    except (ValueError, ConfigurationError) as error:
+    except ConfigurationError as error:
         fail(str(error))
 
 

@@ -34,6 +34,7 @@ from eventyard.cli.common import (
     settings,
     topology_options,
 )
+from eventyard.errors import ConfigurationError, QueueNotFoundError
 from eventyard.rabbitmq import dead_letters
 from eventyard.rabbitmq.dead_letters import DeadLetter, Report, Selection, Step, preview, printable
 from eventyard.rabbitmq.inspection import connect, queue_state
@@ -78,7 +79,7 @@ def _target(org: str, svc: str, app_spec: str | None, queues: list[str] | None, 
                 fail(f"{name!r} is not a dead-letter queue: only dead_letter.* queues are accepted")
             try:
                 dead_letters.route_for(org, svc, name, store_queue)
-            except ValueError as error:
+            except ConfigurationError as error:
                 fail(str(error))
         return Target(org, svc, list(dict.fromkeys(names)), True, store_queue, settings(url))
     if app_spec is None:
@@ -96,7 +97,7 @@ async def _present(connection: AbstractConnection, target: Target) -> list[str]:
         if (await queue_state(connection, queue)).exists:
             present.append(queue)
         elif target.explicit:
-            raise LookupError(f"queue {queue!r} does not exist on {target.settings.describe()}")
+            raise QueueNotFoundError(f"queue {queue!r} does not exist on {target.settings.describe()}")
         else:
             err.print(f"note: {queue} does not exist (run `eventyard configure`)")
     return present
@@ -188,7 +189,8 @@ def _render_letter(letter: DeadLetter, stack: bool, body: bool) -> None:
         rows.append(("undecodable", letter.problem))
         if not body:
             rows.append(("preview", preview(letter.body)))
-    rows += [("dead-letter queue", letter.queue),
+    rows += [("correlation id", letter.correlation_id), ("causation id", letter.causation_id),
+             ("dead-letter queue", letter.queue),
              ("exception", failure.type), ("message", failure.message),
              ("attempts", None if failure.attempts is None else str(failure.attempts)),
              ("first failure", failure.first_at), ("last failure", failure.last_at),

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 
 from eventyard import naming
 from eventyard.cli.common import quiet_aiormq
-from eventyard.errors import ConfigurationError, EventyardError
+from eventyard.errors import ConfigurationError, EventyardError, QueueNotFoundError
 from eventyard.observability import LEVELS, configure_logging
 from eventyard.rabbitmq import dead_letters
 from eventyard.rabbitmq.dead_letters import Report, Step
@@ -94,7 +94,7 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[st
             parser.error(f"{queue!r} is not a dead-letter queue: --requeue only takes dead_letter.* queues")
         try:
             dead_letters.route_for(args.organization, args.service, queue, args.store_queue)
-        except ValueError as error:
+        except ConfigurationError as error:
             parser.error(str(error))
     return queues
 
@@ -103,7 +103,7 @@ async def _requeue(settings: ConnectionSettings, args: argparse.Namespace, queue
     async with connect(settings, name=PROG) as connection:
         missing = [q for q in queues if not (await queue_state(connection, q)).exists]
         if missing:
-            raise LookupError(f"queue{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+            raise QueueNotFoundError(f"queue{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
                               f"do{'' if len(missing) > 1 else 'es'} not exist on {settings.describe()}")
 
         def show(step: Step) -> None:
@@ -136,8 +136,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         with quiet_aiormq():
             report = asyncio.run(_requeue(settings, args, queues))
-    except LookupError as error:
-        parser.error(str(error.args[0]))
+    except QueueNotFoundError as error:
+        parser.error(str(error))
     except KeyboardInterrupt:  # the message in hand was finished; the rest stays dead-lettered
         print(f"{PROG}: interrupted", file=sys.stderr)
         sys.exit(130)

@@ -4,7 +4,8 @@ It is a backend (connector) like ``RabbitMqConnector``: the sync API runs on its
 thread, and it hands out ``MemoryTransport`` connections. Time: by default a ``RealClock``
 (retry delays take as long as on RabbitMQ: right for a long-running in-memory application);
 pass ``clock=VirtualClock()`` (or use ``MemoryBroker.virtual()``) in tests and demos, where a
-5 s retry delay passes instantly as soon as nothing else is going on.
+5 s retry delay passes instantly as soon as nothing else is going on. ``with`` (sync) or
+``async with`` (async) closes it at the end.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ from types import TracebackType
 
 from eventyard import naming
 from eventyard.engine import LoopThread
+from eventyard.errors import CallTimeoutError, QueueNotFoundError
 from eventyard.headers import DEFAULT_FRAME_MAX
 from eventyard.memory.clock import Clock, RealClock, VirtualClock
 from eventyard.memory.inspection import QueuedMessage
+from eventyard.memory.routing import Queue
 from eventyard.memory.state import BrokerState
 from eventyard.memory.transport import MemoryTransport, wake_on
 from eventyard.ports import Transport
@@ -28,7 +31,11 @@ logger = logging.getLogger(__name__)
 
 
 class MemoryBroker:
-    """An in-memory broker; thread-safe. Inspect it with the query methods below."""
+    """An in-memory broker; thread-safe. Inspect it with the query methods below.
+
+    Use it as ``with MemoryBroker() as broker:`` in sync code and ``async with`` in async code,
+    or call ``close()`` / ``await aclose()`` at the end.
+    """
 
     def __init__(self, *, clock: Clock | None = None, name: str = "eventyard-memory",
                  frame_max: int = DEFAULT_FRAME_MAX) -> None:
@@ -87,13 +94,18 @@ class MemoryBroker:
             return sorted((name, key, queue) for name, exchange in self._state.exchanges.items()
                           for key, queue in exchange.bindings)
 
+    def _queue(self, queue: str) -> Queue:
+        # Called under the state's lock.
+        found = self._state.queues.get(queue)
+        if found is None:
+            raise QueueNotFoundError(f"queue {queue!r} does not exist on {self._name}: configure "
+                                     "the subscribers that declare it first")
+        return found
+
     def message_count(self, queue: str) -> int:
         """Messages ready in ``queue`` (not counting those delivered and unacked)."""
         with self._state.lock:
-            found = self._state.queues.get(queue)
-            if found is None:
-                raise KeyError(f"queue {queue!r} not found")
-            return len(found.ready)
+            return len(self._queue(queue).ready)
 
     def message_counts(self) -> dict[str, int]:
         """Ready messages of every queue."""
@@ -111,9 +123,7 @@ class MemoryBroker:
         Their headers are those a consumer would get (``x-delivery-count`` on a quorum queue).
         """
         with self._state.lock:
-            found = self._state.queues.get(queue)
-            if found is None:
-                raise KeyError(f"queue {queue!r} not found")
+            found = self._queue(queue)
             if found.quorum:
                 return [QueuedMessage.of(queue, replace(stored, headers={
                     **stored.headers, "x-delivery-count": stored.delivery_count}))
@@ -130,7 +140,7 @@ class MemoryBroker:
     def purge(self, queue: str) -> int:
         """Drop the ready messages of ``queue``; return how many."""
         with self._state.lock:
-            found = self._state.queues[queue]
+            found = self._queue(queue)
             count = len(found.ready)
             found.ready.clear()
             self._state.changed()
@@ -142,7 +152,8 @@ class MemoryBroker:
         return self._state.is_idle()
 
     async def wait_until_idle_async(self, timeout: float = 10.0) -> None:
-        """Wait until ``is_idle()``; ``TimeoutError`` saying what is still busy after ``timeout``."""
+        """Wait until ``is_idle()``; ``CallTimeoutError`` (a ``TimeoutError``) saying what is still
+        busy after ``timeout``."""
         loop = asyncio.get_running_loop()
         event = asyncio.Event()
 
@@ -159,7 +170,8 @@ class MemoryBroker:
                         return
                     await event.wait()
         except TimeoutError:
-            raise TimeoutError(f"{self._name} still busy after {timeout} s: {self._busy()}") from None
+            raise CallTimeoutError(f"{self._name} still busy after {timeout} s: {self._busy()}"
+                                   ) from None
         finally:
             with self._state.lock:
                 self._state.listeners.remove(listener)
@@ -191,6 +203,16 @@ class MemoryBroker:
             self._loop_thread.run(self._close_transports(timeout))
         self._loop_thread.stop()
 
+    async def aclose(self, timeout: float = 5.0) -> None:
+        """Close every connection, for async applications (``async with`` calls it).
+
+        Consumers running on this loop end before it returns (bounded by ``timeout``); the loop
+        thread of the sync API and of real-time timers, if started, stops on a worker thread.
+        """
+        await self._close_transports(timeout)
+        if self._loop_thread.is_started and not self._loop_thread.in_loop_thread():
+            await asyncio.to_thread(self.close, timeout)
+
     async def _close_transports(self, timeout: float) -> None:
         with self._state.lock:
             transports, self._transports = self._transports, []
@@ -208,6 +230,13 @@ class MemoryBroker:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+    async def __aenter__(self) -> MemoryBroker:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.aclose()
 
     def __repr__(self) -> str:
         return f"MemoryBroker({self._name!r}, queues={len(self._state.queues)})"

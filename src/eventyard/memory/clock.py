@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from eventyard.engine import LoopThread
+from eventyard.errors import ConfigurationError
 
 TimerCallback = Callable[[], None]
 
@@ -129,7 +130,7 @@ class VirtualClock:
         """Move time forward by ``seconds`` for every queue, firing each timer due on the way
         (in time order); return how many fired."""
         if seconds < 0:
-            raise ValueError(f"time cannot go back ({seconds} s)")
+            raise ConfigurationError(f"time cannot go back ({seconds} s)")
         with self._lock:
             target = self._now + seconds
         fired = 0

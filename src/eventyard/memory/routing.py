@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from eventyard import naming
+from eventyard.errors import ConfigurationError
 
 _EXCHANGE_TYPES = ("topic", "direct", "fanout")
 
@@ -46,7 +47,8 @@ class Exchange:
 
     def __post_init__(self) -> None:
         if self.type not in _EXCHANGE_TYPES:
-            raise ValueError(f"exchange type {self.type!r} is not one of {', '.join(_EXCHANGE_TYPES)}")
+            raise ConfigurationError(
+                f"exchange type {self.type!r} is not one of {', '.join(_EXCHANGE_TYPES)}")
 
     def route(self, routing_key: str) -> list[str]:
         """The queues a message with ``routing_key`` reaches (each once, in a stable order)."""

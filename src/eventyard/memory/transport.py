@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-from eventyard.errors import BrokerConnectionError
+from eventyard.errors import BrokerConnectionError, ConfigurationError
 from eventyard.headers import DEFAULT_FRAME_MAX
 from eventyard.memory import wire
 from eventyard.memory.routing import Stored
@@ -263,7 +263,7 @@ class MemoryTransport:
         """Deliver ``queue`` to ``callback``, at most ``prefetch`` unacked."""
         self._check_open()
         if prefetch < 1:
-            raise ValueError(f"prefetch must be >= 1, not {prefetch}")
+            raise ConfigurationError(f"prefetch must be >= 1, not {prefetch}")
         consumption = MemoryConsumption(self._state, self, queue, callback, prefetch)
         self._state.add_consumption(consumption)  # raises when the queue does not exist
         consumption.task = asyncio.create_task(consumption.pump(), name=f"eventyard-memory:{queue}")

@@ -47,7 +47,13 @@ from pamqp import frame as amqp_frame
 from pamqp import header as amqp_header
 
 from eventyard import codec, naming, retry
-from eventyard.errors import BrokerConnectionError, MessageDecodeError
+from eventyard.errors import (
+    BrokerConnectionError,
+    ConfigurationError,
+    MessageDecodeError,
+    QueueNotFoundError,
+)
+from eventyard.messages import Message, valid_id
 from eventyard.rabbitmq.inspection import queue_state, reply_text, throwaway_channel
 from eventyard.topology import Route, Topology, route_of
 
@@ -189,6 +195,8 @@ class DeadLetter:
     failure: Failure
     fingerprint: str = ""
     problem: str | None = None
+    correlation_id: str | None = None  # the AMQP property, else the meta's (observability)
+    causation_id: str | None = None  # the meta's: the message whose handler published it
 
     @property
     def id(self) -> str:
@@ -215,6 +223,7 @@ class DeadLetter:
             "routing_key": self.routing_key, "timestamp": self.timestamp,
             "redelivered": self.redelivered, "size": self.size,
             "undecodable": self.undecodable, "problem": self.problem,
+            "correlation_id": self.correlation_id, "causation_id": self.causation_id,
             "failure": {name: getattr(self.failure, name) for name in self.failure.__slots__},
             "headers": jsonable(dict(self.headers)),
         }
@@ -259,20 +268,23 @@ def _decode_problem(error: Exception) -> str:
     return printable(_cut(text, 200))
 
 
-def _examine(body: bytes) -> tuple[str | None, str | None]:
-    """(type named by the body, problem): decoded as a generic message, whatever it holds."""
+def _examine(body: bytes) -> tuple[str | None, str | None, Message | None]:
+    """(type named by the body, problem, the message): decoded as a generic message, whatever
+    it holds."""
     try:
         message = codec.decode(body, registry=_NO_CLASSES, allow_unknown=True)
-        return message.get_message_name(), None
+        return message.get_message_name(), None, message
     except Exception as error:  # anything a hostile body makes the decoder raise is "undecodable"
-        return None, _decode_problem(error)
+        return None, _decode_problem(error), None
 
 
 def _letter(queue: str, message: DeliveredMessage) -> DeadLetter:
     properties = message.header.properties
     headers = dict(properties.headers or {})
     body = bytes(message.body)
-    body_type, problem = _examine(body)
+    body_type, problem, decoded = _examine(body)
+    correlation_id = valid_id(properties.correlation_id) or (
+        decoded.get_correlation_id() if decoded is not None else None)
     declared = str(properties.message_type or "") or body_type
     try:
         stamp = int(properties.timestamp.timestamp()) if properties.timestamp is not None else None
@@ -285,6 +297,8 @@ def _letter(queue: str, message: DeliveredMessage) -> DeadLetter:
         routing_key=str(message.routing_key or ""), timestamp=stamp,
         redelivered=bool(getattr(message.delivery, "redelivered", False)),
         failure=Failure.from_headers(headers), fingerprint=fingerprint(body), problem=problem,
+        correlation_id=correlation_id,
+        causation_id=decoded.get_causation_id() if decoded is not None else None,
     )
 
 
@@ -329,13 +343,14 @@ def dead_letter_queues(topology: Topology) -> list[str]:
 
 def route_for(org: str, svc: str, dead_letter_queue: str,
               store_queue: str = naming.STORE_QUEUE) -> Route:
-    """Where requeued messages of ``dead_letter_queue`` go; ``ValueError`` for a foreign queue."""
+    """Where requeued messages of ``dead_letter_queue`` go; ``ConfigurationError`` for a foreign
+    queue."""
     queue = naming.subscriber_queue_of(dead_letter_queue)
     # A subscriber queue names the service that publishes its message, which may be another
     # service of the organisation (a subscriber with publisher=): its retry exchange is that one.
     is_store = queue == store_queue or queue.startswith(f"{store_queue}.")
     if not is_store and not (queue.startswith(f"{org}.") and len(queue.split(".")) >= 6):
-        raise ValueError(
+        raise ConfigurationError(
             f"{dead_letter_queue!r} belongs neither to a service of {org} nor to the store queue "
             f"{store_queue!r}: check --organization/--service/--store-queue")
     return route_of(org, svc, queue, store_queue)
@@ -374,7 +389,7 @@ async def _held(connection: AbstractConnection, queue: str,
     """Fetch up to the queue's current count (and ``limit``), holding each message unacked."""
     state = await queue_state(connection, queue)
     if not state.exists:
-        raise LookupError(f"queue {queue!r} does not exist")
+        raise QueueNotFoundError(f"queue {queue!r} does not exist")
     budget = state.messages if limit is None else min(limit, state.messages)
     # Closing this channel at the end hands every unacked message back to its queue.
     async with throwaway_channel(connection) as channel:

@@ -6,6 +6,7 @@ import contextlib
 
 from aiormq.abc import AbstractConnection
 
+from eventyard.errors import ConfigurationError
 from eventyard.ports import Transport
 from eventyard.rabbitmq.connecting import open_connection
 from eventyard.rabbitmq.settings import ConnectionSettings
@@ -65,7 +66,7 @@ class RabbitMqSoakProbe:
     async def drop(self, transport: Transport) -> None:
         """Cut a RabbitMQ transport's connection; it reconnects and resumes by itself."""
         if not isinstance(transport, RabbitMqTransport):
-            raise TypeError(f"cannot drop the connection of {transport!r}")
+            raise ConfigurationError(f"the RabbitMQ probe cannot drop the connection of {transport!r}")
         await transport.drop_connection()
 
     async def close(self) -> None:
