@@ -40,8 +40,10 @@ from eventyard.topology import Topology
 
 logger = logging.getLogger(__name__)
 
+# How the client reports a lost connection: its own types and the socket's. Anything else (a
+# RuntimeError, a TypeError from a value it cannot encode) is a bug and propagates as one.
 _CONNECTION_ERRORS = (amqp_errors.AMQPConnectionError, amqp_errors.ChannelInvalidStateError,
-                      ConnectionError, OSError, asyncio.TimeoutError, RuntimeError)
+                      ConnectionError, OSError, asyncio.TimeoutError)
 _MAX_BACKOFF_SECONDS = 5.0
 
 
@@ -137,6 +139,8 @@ class RabbitMqTransport:
         if channel is None or channel.is_closed:
             async with self._channel_lock:
                 if self._channel is None or self._channel.is_closed:
+                    if connection.is_closed:  # aiormq would say so with a bare RuntimeError
+                        raise BrokerConnectionError("connection to RabbitMQ lost; nothing was sent")
                     self._channel = await connection.channel(publisher_confirms=True,
                                                              on_return_raises=False)
                 channel = self._channel
