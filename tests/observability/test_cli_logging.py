@@ -77,3 +77,19 @@ def test_consume_refuses_an_unknown_log_level(service: Service) -> None:
     assert done.returncode == 2
     assert "--log-level 'loud' is not one of debug, info, warning, error, critical" in " ".join(
         done.stderr.split())
+
+
+def test_dlq_show_prints_the_correlation_and_causation_ids(service: Service) -> None:
+    service.configure()
+    event = UserCreated(user_id=Uuid.v4()).with_meta({"correlation_id": "order-7",
+                                                      "causation_id": "cart-3"})
+    RabbitMqDomainEventBus(service.connector, service.org, "registration").publish(event)
+    service.consume(fail=True, until=1, max_retries=0)
+    wait_until(lambda: service.count(service.dead_letter_queue) == 1, "the dead letter")
+
+    done = service.run(EVENTYARD, "dlq", "show", "-o", service.org, "-s", "registration", "-q",
+                       service.dead_letter_queue)
+
+    assert done.returncode == 0, done.stderr
+    shown = [" ".join(line.split()) for line in done.stdout.splitlines()]
+    assert "correlation id order-7" in shown and "causation id cart-3" in shown
