@@ -231,6 +231,29 @@ class NotImplementedBroker:
         """A transport that delivers nothing."""
         return self._transport
 
+    def close(self) -> None:
+        """Stop the sync API's loop thread, if it was started (``with`` calls it)."""
+        self._loop_thread.stop()
+
+    async def aclose(self) -> None:
+        """``close()`` for async applications (``async with`` calls it)."""
+        import asyncio
+
+        if self._loop_thread.is_started and not self._loop_thread.in_loop_thread():
+            await asyncio.to_thread(self._loop_thread.stop)
+
+    def __enter__(self) -> NotImplementedBroker:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> NotImplementedBroker:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
 
 def broker_kind(environ: Mapping[str, str] | None = None) -> str:
     """The broker named by ``EVENTYARD_MESSAGE_BROKER`` (default ``rabbitmq``), validated.

@@ -3,6 +3,7 @@
 Publishers on one event loop share one connection; each consumer gets its own, so a slow
 publisher never holds up a consumer's acks. The sync API runs on the connector's own loop
 thread; async applications use the connector from their loop and get connections there.
+``with`` (sync) or ``async with`` (async) closes them all at the end.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Mapping
 
 from eventyard.buses import NullTransport, broker_kind
 from eventyard.engine import LoopThread
+from eventyard.errors import ConfigurationError
 from eventyard.ports import Transport
 from eventyard.rabbitmq.blocking import BlockingPublisher
 from eventyard.rabbitmq.settings import ConnectionSettings, settings_from
@@ -22,12 +24,16 @@ from eventyard.rabbitmq.transport import RabbitMqTransport
 
 logger = logging.getLogger(__name__)
 
+_CLOSE_SECONDS = 30.0  # closing the sync API's connections, then its loop thread stops anyway
+
 
 class RabbitMqConnector:
     """Where RabbitMQ is: an ``amqp://``/``amqps://`` URL, arguments, or ``RABBITMQ_*`` variables.
 
     TLS files and verification come from the URL's query or ``RABBITMQ_SSL_*``; every publish
-    waits at most ``publish_timeout`` seconds for its confirm (docs/connection.md).
+    waits at most ``publish_timeout`` seconds for its confirm (docs/connection.md). Use it as
+    ``with RabbitMqConnector(...) as connector:`` in sync code and ``async with`` in async code,
+    or call ``close()`` / ``await aclose()`` at the end.
     """
 
     def __init__(
@@ -57,7 +63,9 @@ class RabbitMqConnector:
             weakref.WeakKeyDictionary())
         self._creating: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
             weakref.WeakKeyDictionary())
-        self._consumers: weakref.WeakSet[RabbitMqTransport] = weakref.WeakSet()
+        # Each consumer's connection and the loop it runs on, which alone may close it.
+        self._consumers: weakref.WeakKeyDictionary[RabbitMqTransport, asyncio.AbstractEventLoop] = (
+            weakref.WeakKeyDictionary())
         self._lock = threading.Lock()
         self.blocking_publisher = BlockingPublisher(self.settings, f"{name}-blocking")
         # The seed's trick (EVENTYARD_MESSAGE_BROKER or PETISCO_EVENT_MESSAGE_BROKER set to
@@ -97,31 +105,59 @@ class RabbitMqConnector:
             return self._nowhere
         transport = RabbitMqTransport(self.settings, name=f"{self.name}-consumer")
         await transport.connect()
-        self._consumers.add(transport)
+        self._consumers[transport] = asyncio.get_running_loop()
         return transport
 
-    async def aclose(self) -> None:
+    async def _close_connections(self) -> None:
         """Close the connections opened on the running loop."""
         loop = asyncio.get_running_loop()
         transport = self._publishers.pop(loop, None)
         if transport is not None:
             await transport.close()
-        for consumer in list(self._consumers):
-            await consumer.close()
+        for consumer, its_loop in list(self._consumers.items()):
+            if its_loop is loop:
+                self._consumers.pop(consumer, None)
+                await consumer.close()
+
+    async def aclose(self) -> None:
+        """Close every connection, for async applications (``async with`` calls it).
+
+        First those opened on the running loop, then the sync API's (its loop thread and its
+        blocking publisher, if used) on a worker thread, so the loop is never blocked. Without
+        it, connections still open when the loop ends are torn down as lost ones: warnings
+        about a lost connection and tasks destroyed while pending.
+        """
+        await self._close_connections()
+        if not self._loop_thread.in_loop_thread():
+            await asyncio.to_thread(self.close)
 
     def close(self) -> None:
-        """Close the sync API's connections and stop its loop thread."""
+        """Close the sync API's connections and stop its loop thread (``with`` calls it).
+
+        Connections opened on another running loop (the async API's) are that loop's to close:
+        ``await aclose()``.
+        """
         if self._loop_thread.in_loop_thread():
-            raise RuntimeError("close() cannot be called from an eventyard handler")
-        self._loop_thread.run(self.aclose(), timeout=30)
-        self._loop_thread.stop()
-        self.blocking_publisher.close()
+            raise ConfigurationError("close() cannot be called from an eventyard handler: close "
+                                     "the connector where the application ends")
+        try:
+            if self._loop_thread.is_started:
+                self._loop_thread.run(self._close_connections(), timeout=_CLOSE_SECONDS)
+        finally:
+            self._loop_thread.stop()
+            self.blocking_publisher.close()
 
     def __enter__(self) -> RabbitMqConnector:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    async def __aenter__(self) -> RabbitMqConnector:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
     def __repr__(self) -> str:
         return f"RabbitMqConnector({self.settings.describe()!r})"
