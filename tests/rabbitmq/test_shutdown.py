@@ -46,11 +46,21 @@ SCRIPT = textwrap.dedent('''
         user_id: Uuid
 
 
+    _printing = threading.Lock()
+
+
+    def say(line: str) -> None:
+        # Handler threads and the main thread print: one whole line at a time.
+        with _printing:
+            sys.stdout.write(line + "\\n")
+            sys.stdout.flush()
+
+
     def hang_handler(event: UserCreated) -> None:
         if event.get_meta().get("do") != "hang":
-            print(f"handled {event.get_message_id()}", flush=True)
+            say(f"handled {event.get_message_id()}")
             return
-        print("handling", flush=True)
+        say("handling")
         threading.Event().wait()  # hangs for ever
 
 
@@ -60,7 +70,7 @@ SCRIPT = textwrap.dedent('''
     def slow_handler(event: UserCreated) -> None:
         threading.Event().wait(0.02)  # the handler's own work
         with printing:  # four threads: one whole line each
-            print(f"handled {event.get_message_id()}", flush=True)
+            say(f"handled {event.get_message_id()}")
 
 
     url, organization, mode = sys.argv[1:4]
@@ -72,13 +82,13 @@ SCRIPT = textwrap.dedent('''
     handler = slow_handler if concurrent else hang_handler
     consumer.add_subscribers([MessageSubscriber.from_message(UserCreated, [handler])])
     if mode in ("run", "concurrent"):
-        print("consuming", flush=True)
+        say("consuming")
         consumer.run()  # until SIGTERM
         connector.close()
-        print("stopped", flush=True)
+        say("stopped")
     else:
         consumer.start()
-        print("consuming", flush=True)
+        say("consuming")
         # the script ends here; the consumer keeps the process alive until SIGTERM
 ''')
 
