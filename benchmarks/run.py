@@ -59,6 +59,18 @@ def cases(quick: bool) -> list[Case]:
         Case("retry", "retry path: every handler fails once (retry TTL 0)",
              ["eventyard_retry"], ["aiormq_retry"], {"count": n(5000)}, prefill=n(5000),
              handlers={"eventyard_retry": "anoop", "aiormq_retry": "anoop"}),
+        # Instrumentation: each eventyard program beside the same one with its instruments
+        # switched off ("raw" here); the default has the OpenTelemetry API and no SDK set up.
+        Case("otel_publish", "publish([...]) of 20,000: OpenTelemetry on (SDK, exporter "
+             "discarding) and by default, against instruments off",
+             ["eventyard_publish_batch_otel", "eventyard_publish_batch"],
+             ["eventyard_publish_batch_off"], {"count": n(20_000)}),
+        Case("otel_consume", "consume + ack, async no-op: OpenTelemetry on (SDK, exporter "
+             "discarding) and by default, against instruments off",
+             ["eventyard_consume_async_otel", "eventyard_consume_async"],
+             ["eventyard_consume_async_off"], {"count": n(20_000)}, prefill=n(20_000),
+             handlers={"eventyard_consume_async_otel": "anoop", "eventyard_consume_async": "anoop",
+                       "eventyard_consume_async_off": "anoop"}),
         Case("latency", "end-to-end latency, publish to handler, at a fixed rate",
              ["eventyard_latency"], ["aiormq_latency"], {"count": n(4000), "rate": 1000.0},
              handlers={"eventyard_latency": "anoop", "aiormq_latency": "anoop"}),

@@ -179,7 +179,60 @@ def retry(plan: Plan, count: int) -> dict[str, Any]:
     return asyncio.run(_retry(plan, count))
 
 
+def _opentelemetry_on() -> None:
+    """The OpenTelemetry SDK as an application sets it up, its exporter discarding the spans
+    (metrics are aggregated, never read): what instrumentation costs eventyard itself."""
+    from opentelemetry import metrics, trace
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+    class Discard(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(Discard()))
+    trace.set_tracer_provider(provider)
+    metrics.set_meter_provider(MeterProvider(metric_readers=[InMemoryMetricReader()]))
+
+
+def _opentelemetry_off() -> None:
+    from eventyard.observability import use_opentelemetry
+
+    use_opentelemetry(False)
+
+
+def publish_batch_otel(plan: Plan, count: int) -> dict[str, Any]:
+    """``publish_batch`` with OpenTelemetry on (spans and metrics recorded)."""
+    _opentelemetry_on()
+    return publish_batch(plan, count)
+
+
+def publish_batch_off(plan: Plan, count: int) -> dict[str, Any]:
+    """``publish_batch`` with eventyard's instruments switched off."""
+    _opentelemetry_off()
+    return publish_batch(plan, count)
+
+
+def consume_async_otel(plan: Plan, count: int, sample_every: int = 0) -> dict[str, Any]:
+    """``consume_async`` with OpenTelemetry on (spans and metrics recorded)."""
+    _opentelemetry_on()
+    return consume_async(plan, count, sample_every)
+
+
+def consume_async_off(plan: Plan, count: int, sample_every: int = 0) -> dict[str, Any]:
+    """``consume_async`` with eventyard's instruments switched off."""
+    _opentelemetry_off()
+    return consume_async(plan, count, sample_every)
+
+
 PROGRAMS = {
+    "eventyard_publish_batch_otel": publish_batch_otel,
+    "eventyard_publish_batch_off": publish_batch_off,
+    "eventyard_consume_async_otel": consume_async_otel,
+    "eventyard_consume_async_off": consume_async_off,
     "eventyard_publish_one": publish_one,
     "eventyard_publish_batch": publish_batch,
     "eventyard_consume_sync": consume_sync,

@@ -153,17 +153,34 @@ class _Process:
 
 
 class Instrumentation(Instruments):
-    """Spans from ``tracer`` and metrics into ``sinks``, each once it is ready."""
+    """Spans from ``tracer`` and metrics into ``sinks``, each once it is ready.
+
+    Until all of them are ready (an SDK set up), whether they are is looked at again at most
+    every ``RECHECK_SECONDS``: an application with the API installed and no SDK pays a clock
+    read per message, and one that sets up its SDK late misses at most that much.
+    """
+
+    RECHECK_SECONDS = 0.5
 
     def __init__(self, tracer: Tracer | None, sinks: Sequence[MetricSink]) -> None:
         self.tracer = tracer
         self.sinks = list(sinks)
+        self._live_tracer: Tracer | None = None
+        self._live_sinks: list[MetricSink] = []
+        self._all_ready = False
+        self._next_check = 0.0
 
     def _live(self) -> tuple[Tracer | None, list[MetricSink]]:
-        tracer = self.tracer
-        if tracer is not None and not tracer.ready():
-            tracer = None
-        return tracer, [sink for sink in self.sinks if sink.ready()]
+        if not self._all_ready:
+            now = time.monotonic()
+            if now >= self._next_check:
+                self._next_check = now + self.RECHECK_SECONDS
+                tracer = self.tracer
+                self._live_tracer = tracer if tracer is not None and tracer.ready() else None
+                self._live_sinks = [sink for sink in self.sinks if sink.ready()]
+                self._all_ready = ((tracer is None or self._live_tracer is not None)
+                                   and len(self._live_sinks) == len(self.sinks))
+        return self._live_tracer, self._live_sinks
 
     def sending(self, messages: Sequence[OutgoingMessage]) -> _Send | None:
         """Start the ``send`` of ``messages``: one span for the publish, a batch or not."""
@@ -222,9 +239,8 @@ class Instrumentation(Instruments):
 
     def settled(self, queue: str, error_type: str, retried: bool) -> None:
         """Count a retry or a dead letter of ``queue``."""
-        for sink in self.sinks:
-            if sink.ready():
-                sink.settled(queue, error_type or "_OTHER", retried)
+        for sink in self._live()[1]:
+            sink.settled(queue, error_type or "_OTHER", retried)
 
 
 def combine(opentelemetry: Any, sinks: Sequence[MetricSink]) -> Instruments | None:
