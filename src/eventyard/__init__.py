@@ -17,6 +17,7 @@ from eventyard.errors import (
     ChaosConfigurationError,
     ConfigurationError,
     EventyardError,
+    HandlerTimeout,
     InvalidHandlerResult,
     InvalidMessageError,
     MessageDecodeError,
@@ -26,10 +27,12 @@ from eventyard.errors import (
     SimulatedChaosFailure,
     SubscriberError,
     TopologyMismatchError,
+    Unrecoverable,
     UnroutableError,
 )
 from eventyard.messages import Command, DomainEvent, InfoId, Message, Uuid
 from eventyard.publishing import AsyncCommandBus, AsyncDomainEventBus
+from eventyard.retry import RetryPolicy
 from eventyard.subscribers import MessageSubscriber
 from eventyard.topology import TopologyOptions
 
@@ -53,6 +56,7 @@ __all__ = [
     "Event",
     "EventChaos",
     "EventyardError",
+    "HandlerTimeout",
     "InfoId",
     "InvalidHandlerResult",
     "InvalidMessageError",
@@ -65,10 +69,12 @@ __all__ = [
     "PublishNackedError",
     "PublishTimeoutError",
     "QueueNotFoundError",
+    "RetryPolicy",
     "SimulatedChaosFailure",
     "SubscriberError",
     "TopologyMismatchError",
     "TopologyOptions",
+    "Unrecoverable",
     "UnroutableError",
     "Uuid",
     "broker_from_env",

@@ -18,22 +18,25 @@ import contextvars
 import dataclasses
 import logging
 import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from eventyard import codec
+from eventyard import codec, naming
 from eventyard.chaos import EventChaos, SimulatedChaosFailure
 from eventyard.errors import (
     BrokerConnectionError,
     ConfigurationError,
+    HandlerTimeout,
     MessageDecodeError,
     PublishNackedError,
     QueueNotFoundError,
 )
-from eventyard.headers import header_budget
+from eventyard.headers import encodable, header_budget
 from eventyard.messages import Message
 from eventyard.observability import HANDLING, INSTRUMENTS, fields, instrument
 from eventyard.ports import (
@@ -46,10 +49,13 @@ from eventyard.ports import (
     frame_max_of,
 )
 from eventyard.retry import (
+    DELAY_LEFT,
     FAILURE_HEADERS_DROPPED,
     Decision,
     RetryPolicy,
     deaths_are_valid,
+    delay_hop,
+    delay_left,
     failure_headers,
     redelivery_count,
 )
@@ -59,12 +65,20 @@ from eventyard.subscribers import (
     MessageSubscriber,
     Outcome,
     Subscription,
+    check_retry_policy,
+    check_timeout,
     is_async_handler,
     outcome_of,
     outcome_of_exception,
     subscriptions_of,
 )
-from eventyard.topology import TopologyOptions, build_topology, route_of, subscription_queue
+from eventyard.topology import (
+    TopologyOptions,
+    build_topology,
+    delay_topology,
+    route_of,
+    subscription_queue,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +90,9 @@ _BATCH_SECONDS = 0.02
 _BATCH_LIMIT = 512
 # Deliveries whose copy a lost connection cut off, remembered until they come back (at most).
 _SUSPECTS_LIMIT = 1024
+# RabbitMQ's default consumer_timeout: a delivery unacked for longer closes the channel.
+_CONSUMER_TIMEOUT_SECONDS = 1800.0
+_DELAY_ROOM = 64  # bytes of a delayed copy's headers kept for its DELAY_LEFT
 
 EventKind = Literal["handled", "failed", "retried", "dead_lettered", "poison", "chaos_nack"]
 
@@ -97,15 +114,24 @@ Observer = Callable[[ConsumerEvent], None]
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ConsumerSettings:
-    """How a consumer takes messages. ``concurrency`` is per queue; 1 keeps queue order."""
+    """How a consumer takes messages. ``concurrency`` is per queue; 1 keeps queue order.
+
+    ``retry`` is the retry policy of subscribers that set none (None: the fixed delay of the
+    retry queue, with the consumer's ``max_retries``); ``handler_timeout`` bounds each handler
+    run of subscribers that set no ``timeout``, in seconds (None: no bound).
+    """
 
     prefetch: int = 10
     concurrency: int = 1
     shutdown_timeout: float = 30.0
     store_queue: str = "store"
     declare_missing: bool = True
+    retry: RetryPolicy | None = None
+    handler_timeout: float | None = None
 
     def __post_init__(self) -> None:
+        check_retry_policy(self.retry, "ConsumerSettings.retry")
+        check_timeout(self.handler_timeout, "ConsumerSettings.handler_timeout")
         if self.prefetch < 1:
             raise ConfigurationError(f"prefetch must be >= 1, not {self.prefetch}")
         if self.concurrency < 1:
@@ -186,16 +212,34 @@ class AsyncMessageConsumer:
             workers = self.settings.concurrency * len(subscriptions)
             self._executor = DaemonThreadPool(max(1, min(64, workers)), "eventyard-handler")
         try:
+            delayed: list[_QueueWorker] = []
             for subscription in subscriptions:
                 queue = subscription_queue(self.organization, self.service, subscription,
                                            self.store_queue)
                 worker = _QueueWorker(self, subscription, queue)
                 self._consumptions.append(await self._consume(subscription, queue, worker))
+                if worker.delayed:
+                    delayed.append(worker)
+            if delayed and self.settings.declare_missing:
+                await self._declare_delays(delayed)
         except BaseException:
             await self.stop()
             raise
         logger.info("consuming %d queue(s) of %s.%s", len(self._consumptions),
                     self.organization, self.service)
+
+    async def _declare_delays(self, workers: list[_QueueWorker]) -> None:
+        """Declare the delay ladders that policies with delays of their own use (idempotent:
+        a policy given to the consumer, not to the configurer, still finds them)."""
+        transport = self._transport
+        assert transport is not None
+        owners: dict[str, list[str]] = {}
+        for worker in workers:
+            owners.setdefault(worker.route.main_exchange, []).append(worker.queue)
+        for main, queues in owners.items():
+            owner = main[len(self.organization) + 1:]
+            await transport.declare(delay_topology(self.organization, owner, queues,
+                                                   self.options))
 
     async def _consume(self, subscription: Subscription, queue: str,
                        worker: _QueueWorker) -> Consumption:
@@ -292,9 +336,18 @@ class _QueueWorker:
         self.queue = queue
         self.route = route_of(consumer.organization, consumer.service, queue, consumer.store_queue)
         self.handlers = [(h, is_async_handler(h)) for h in subscription.handlers]
+        settings = consumer.settings
+        self.policy = _policy_of(subscription, settings.retry, consumer.policy)
+        self.delayed = not self.policy.is_default  # its retries go through the delay ladder
+        self.timeout = subscription.timeout or settings.handler_timeout
+        if self.timeout is not None and self.timeout >= _CONSUMER_TIMEOUT_SECONDS:
+            logger.warning("the handler timeout of %s (%g s) is not below RabbitMQ's default "
+                           "consumer_timeout (%g s): a delivery unacked that long closes its "
+                           "channel", queue, self.timeout, _CONSUMER_TIMEOUT_SECONDS)
         self.slots = asyncio.Semaphore(consumer.settings.concurrency)
         self.ordered = consumer.settings.concurrency == 1
-        self.batched = (self.ordered and consumer.chaos is None
+        self.batched = (self.ordered and consumer.chaos is None and not self.delayed
+                        and self.timeout is None
                         and not any(is_async for _, is_async in self.handlers))
         self.backlog: deque[Delivery] = deque()
         self.drainer: asyncio.Task[None] | None = None
@@ -329,6 +382,8 @@ class _QueueWorker:
         count = redelivery_count(headers)
         try:
             if self.suspects and delivery.redelivered and await self._settle_suspect(delivery, count):
+                return
+            if self.delayed and DELAY_LEFT in headers and await self._wait_more(delivery):
                 return
             chaos = self.consumer.chaos
             action = (chaos.decide(delivery.routing_key, self.queue, headers)
@@ -482,7 +537,7 @@ class _QueueWorker:
         """None if ``outcome`` is a success, else True if it will be retried."""
         if outcome.success:
             return None
-        return self.consumer.policy.decide(outcome, count) is Decision.RETRY
+        return self.policy.decide(outcome, count) is Decision.RETRY
 
     async def _run_handlers(self, message: Message, delivery: Delivery, count: int) -> Outcome:
         token = HANDLING.set(message)  # what its handlers publish is caused by it
@@ -501,6 +556,8 @@ class _QueueWorker:
         return outcome
 
     async def _call_handlers(self, message: Message) -> Outcome:
+        if self.timeout is not None:
+            return await self._call_handlers_timed(message, self.timeout)
         for handler, is_async in self.handlers:
             if is_async:
                 try:
@@ -521,9 +578,23 @@ class _QueueWorker:
                 return outcome
         return SUCCESS
 
+    async def _call_handlers_timed(self, message: Message, timeout: float) -> Outcome:
+        """``_call_handlers`` with each run bounded by ``timeout`` seconds: an async handler is
+        cancelled; a sync one runs on a thread of its own, abandoned when it runs too long (it
+        keeps no slot of the pool, so the consumer's other work goes on)."""
+        loop = asyncio.get_running_loop()
+        for handler, is_async in self.handlers:
+            if is_async:
+                outcome = await _run_async_timed(handler, message, timeout)
+            else:
+                outcome = await _run_sync_timed(handler, message, timeout, loop)
+            if not outcome.success:
+                return outcome
+        return SUCCESS
+
     async def _settle(self, delivery: Delivery, message: Message, outcome: Outcome,
                       count: int) -> None:
-        decision = self.consumer.policy.decide(outcome, count)
+        decision = self.policy.decide(outcome, count)
         notify = self.consumer._notify
         if decision is Decision.ACK:
             await delivery.ack()
@@ -537,23 +608,26 @@ class _QueueWorker:
                              extra=fields(self.queue, message, count + 1, outcome="handled"))
             return
         retry = decision is Decision.RETRY
-        self._log_failure(message, outcome, count, retry)
+        delay = self.policy.delay_ms(count) if retry and self.delayed else None
+        self._log_failure(message, outcome, count, retry, delay)
         notify(ConsumerEvent("failed", self.queue, message, count, outcome,
                              message.get_message_id()))
         if self.ordered:
             # The copy leaves this queue's order anyway: publish it (and ack the original once
             # it is confirmed) while the next deliveries run, not before them.
             task = asyncio.get_running_loop().create_task(
-                self._forward_guarded(delivery, message, outcome, count, retry))
+                self._forward_guarded(delivery, message, outcome, count, retry, delay))
             self.consumer._track(task)
             return
-        await self._forward_and_notify(delivery, message, outcome, count, retry)
+        await self._forward_and_notify(delivery, message, outcome, count, retry, delay)
 
-    def _log_failure(self, message: Message, outcome: Outcome, count: int, retry: bool) -> None:
+    def _log_failure(self, message: Message, outcome: Outcome, count: int, retry: bool,
+                     delay_ms: int | None = None) -> None:
         error = outcome.error_message[:500]
         if retry:
             options = self.consumer.options
-            delay = options.retry_ttl_ms if options is not None else None
+            delay = (delay_ms if delay_ms is not None
+                     else options.retry_ttl_ms if options is not None else None)
             logger.warning(
                 "%s %s failed on %s (attempt %d, correlation %s), retrying %s: %s: %s",
                 message.get_message_name(), message.get_message_id(), self.queue, count + 1,
@@ -571,15 +645,15 @@ class _QueueWorker:
                              error_type=outcome.error_type, error=error))
 
     async def _forward_and_notify(self, delivery: Delivery, message: Message, outcome: Outcome,
-                                  count: int, retry: bool) -> None:
-        retried = await self._forward(delivery, outcome, count, retry)
+                                  count: int, retry: bool, delay_ms: int | None = None) -> None:
+        retried = await self._forward(delivery, outcome, count, retry, delay_ms=delay_ms)
         self.consumer._notify(ConsumerEvent("retried" if retried else "dead_lettered", self.queue,
                                             message, count, outcome, message.get_message_id()))
 
     async def _forward_guarded(self, delivery: Delivery, message: Message, outcome: Outcome,
-                               count: int, retry: bool) -> None:
+                               count: int, retry: bool, delay_ms: int | None = None) -> None:
         try:
-            await self._forward_and_notify(delivery, message, outcome, count, retry)
+            await self._forward_and_notify(delivery, message, outcome, count, retry, delay_ms)
         except Exception as error:
             await self._recover(delivery, error)
 
@@ -631,19 +705,22 @@ class _QueueWorker:
         return True
 
     async def _forward(self, delivery: Delivery, outcome: Outcome, count: int, retry: bool, *,
-                       keep_headers: bool = True) -> bool:
+                       keep_headers: bool = True, delay_ms: int | None = None) -> bool:
         """Publish the failed message's copy (retry or dead letter), then ack the original.
 
         Return True if it went to the retry queue: a message whose headers had to be cut down
-        to fit a frame is dead-lettered even with retries left.
+        to fit a frame is dead-lettered even with retries left. A retry with ``delay_ms`` (a
+        policy with delays of its own) goes through the delay ladder.
         """
         transport = self.consumer._transport
         assert transport is not None
+        delay_ms = delay_ms if retry else None
         headers = failure_headers(delivery.headers, outcome, queue=self.queue,
                                   routing_key=delivery.routing_key,
                                   retries=count + 1 if retry else count,
-                                  limit=header_budget(frame_max_of(transport)),
-                                  keep_headers=keep_headers)
+                                  limit=header_budget(frame_max_of(transport)) - (
+                                      _DELAY_ROOM if delay_ms is not None else 0),
+                                  keep_headers=keep_headers, delay_ms=delay_ms)
         if retry and FAILURE_HEADERS_DROPPED in headers:
             logger.error("a message from %s has headers too large to retry it with its failure; "
                          "dead-lettering it with a summary of them", self.queue)
@@ -653,9 +730,13 @@ class _QueueWorker:
                                       limit=header_budget(frame_max_of(transport)),
                                       keep_headers=False)
         route = self.route
+        exchange, key = ((route.retry_exchange, route.retry_key) if retry
+                         else (route.dead_letter_exchange, route.dead_letter_key))
+        if retry and delay_ms is not None:
+            exchange, key = self._delay_route(headers, delay_ms)
         copy = OutgoingMessage(
-            exchange=route.retry_exchange if retry else route.dead_letter_exchange,
-            routing_key=route.retry_key if retry else route.dead_letter_key,
+            exchange=exchange,
+            routing_key=key,
             body=delivery.body,
             headers=headers,
             message_id=delivery.message_id,
@@ -679,12 +760,94 @@ class _QueueWorker:
             instruments.settled(self.queue, outcome.error_type, retry)
         return retry
 
+    def _delay_route(self, headers: dict[str, Any], left_ms: int) -> tuple[str, str]:
+        """Where a copy that must wait ``left_ms`` more goes: the ladder level to wait next
+        (what remains after it in ``headers``), or straight back to the queue."""
+        hop = delay_hop(left_ms)
+        if hop is None:
+            headers.pop(DELAY_LEFT, None)
+            return self.route.main_exchange, self.route.retry_key
+        level, rest = hop
+        if rest:
+            headers[DELAY_LEFT] = rest
+        else:
+            headers.pop(DELAY_LEFT, None)
+        return self.route.delay_exchange, naming.delay_key(level, self.queue)
+
+    async def _wait_more(self, delivery: Delivery) -> bool:
+        """Send a delayed copy that came back before its delay is over to its next ladder
+        level (confirmed, then acked; its handlers do not run). False if it is due."""
+        left = delay_left(delivery.headers)
+        if left <= 0:
+            return False
+        transport = self.consumer._transport
+        assert transport is not None
+        headers = encodable(delivery.headers)
+        exchange, key = self._delay_route(headers, left)
+        copy = OutgoingMessage(exchange=exchange, routing_key=key, body=delivery.body,
+                               headers=headers, message_id=delivery.message_id,
+                               type=delivery.type, timestamp=delivery.timestamp,
+                               correlation_id=delivery.correlation_id)
+        if await transport.publish([copy]):
+            raise ConfigurationError(
+                f"{exchange} routed {key} to no queue: the delay ladder of {self.queue} is "
+                "missing; run the configurer (message left unacked)")
+        await delivery.ack()
+        return True
+
     def _suspect(self, delivery: Delivery, outcome: Outcome) -> None:
         key = _key_of(delivery)
         previous = self.suspects.pop(key, None)
         if len(self.suspects) >= _SUSPECTS_LIMIT:
             del self.suspects[next(iter(self.suspects))]  # the oldest: long gone, most likely
         self.suspects[key] = (outcome, previous[1] + 1 if previous is not None else 1)
+
+
+def _timed_out(handler: Any, timeout: float) -> Outcome:
+    error = HandlerTimeout(f"handler {getattr(handler, '__name__', handler)!r} ran longer than "
+                           f"its timeout of {timeout:g} s")
+    return outcome_of_exception(error)
+
+
+async def _run_async_timed(handler: Any, message: Message, timeout: float) -> Outcome:
+    """Run an async handler for at most ``timeout`` seconds (then it is cancelled)."""
+    scope = asyncio.timeout(timeout)
+    try:
+        async with scope:
+            returned: Any = await handler(message)
+    except BaseException as error:
+        if scope.expired():
+            return _timed_out(handler, timeout)
+        return failure_of(error)  # a stop of ours re-raises
+    return SUCCESS if returned is None or returned is True else outcome_of(returned)
+
+
+async def _run_sync_timed(handler: Any, message: Message, timeout: float,
+                          loop: asyncio.AbstractEventLoop) -> Outcome:
+    """Run a sync handler on a daemon thread of its own for at most ``timeout`` seconds; past
+    that its outcome is a timeout and the thread is left to finish (it cannot be stopped)."""
+    done: Future[Outcome] = Future()
+    context = contextvars.copy_context()  # the message being handled, the current span
+
+    def run() -> None:
+        outcome = context.run(call_sync_handler, handler, message, loop)
+        with contextlib.suppress(Exception):  # abandoned: nobody waits for it any more
+            done.set_result(outcome)
+
+    threading.Thread(target=run, daemon=True, name="eventyard-timed-handler").start()
+    try:
+        return await asyncio.wait_for(asyncio.wrap_future(done), timeout)
+    except TimeoutError:
+        return _timed_out(handler, timeout)
+
+
+def _policy_of(subscription: Subscription, configured: RetryPolicy | None,
+               default: RetryPolicy) -> RetryPolicy:
+    """The subscriber's policy, else the consumer's; the store keeps the fixed delay."""
+    policy = subscription.retry or configured or default
+    if subscription.is_store and not policy.is_default:
+        return RetryPolicy(policy.max_retries, unrecoverable=policy.unrecoverable)
+    return policy
 
 
 def _key_of(delivery: Delivery) -> tuple[Any, ...]:

@@ -12,6 +12,9 @@
     ├── InvalidHandlerResult      a handler returned neither success nor failure (its
     │                             message's failure, never raised to the caller)
     ├── SimulatedChaosFailure     the handler failure chaos pretends (a message's failure too)
+    ├── Unrecoverable             raised by a handler: its message is dead-lettered at once
+    ├── HandlerTimeout            a handler ran past its timeout (its message's failure; also
+    │                             a TimeoutError)
     ├── CallTimeoutError          a blocking call (sync API, wait until idle) ran out of time;
     │                             its work was cancelled (also a TimeoutError)
     └── BrokerError               the broker could not be reached or refused something
@@ -71,6 +74,15 @@ class InvalidHandlerResult(EventyardError):
 
 class SimulatedChaosFailure(EventyardError):
     """The handler failure chaos pretends happened: its message counts as failed."""
+
+
+class Unrecoverable(EventyardError):
+    """Raised by a handler (or carried by a meiga ``Failure``): retrying cannot help, so its
+    message goes straight to the dead-letter queue with this reason."""
+
+
+class HandlerTimeout(EventyardError, TimeoutError):
+    """A handler ran longer than its subscriber's timeout: its message counts as failed."""
 
 
 class CallTimeoutError(EventyardError, TimeoutError):

@@ -168,9 +168,36 @@ def dead_letter_key(queue_name: str) -> str:
     return f"dead_letter.{queue_name}"
 
 
+def delay_exchange(org: str, svc: str) -> str:
+    """``delay.acme.registration``: the entry of the service's delay ladder."""
+    return f"delay.{org}.{svc}"
+
+
+def delay_queue(org: str, svc: str, level_ms: int) -> str:
+    """``delay.acme.registration.1600``: one level of the ladder (its TTL, in ms, names it)."""
+    return f"delay.{org}.{svc}.{level_ms}"
+
+
+def delay_level_binding(level_ms: int) -> str:
+    """What a ladder level receives from the delay exchange: ``1600.#``."""
+    return f"{level_ms}.#"
+
+
+def delay_key(level_ms: int, queue_name: str) -> str:
+    """Routing key of a copy waiting ``level_ms`` for ``Q``: ``1600.retry.Q``. Dead-lettered
+    with this key unchanged, it comes back to ``Q`` only (``delay_return_binding``)."""
+    return f"{level_ms}.retry.{queue_name}"
+
+
+def delay_return_binding(queue_name: str) -> str:
+    """``Q``'s binding from its main exchange for copies back from any level: ``*.retry.Q``."""
+    return f"*.retry.{queue_name}"
+
+
 def is_delay_queue(queue_name: str) -> bool:
-    """True for a queue where messages wait out a delay before they come back: ``retry.Q``."""
-    return queue_name.startswith("retry.")
+    """True for a queue where messages wait out a delay before they come back: ``retry.Q`` and
+    the levels of a delay ladder (``delay.<org>.<svc>.<ms>``)."""
+    return queue_name.startswith(("retry.", "delay."))
 
 
 def is_dead_letter_queue(queue_name: str) -> bool:

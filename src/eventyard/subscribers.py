@@ -9,15 +9,19 @@ store) consumes the ``store`` queue, each further one a ``store.<handler>`` queu
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from meiga import Result
 
 from eventyard import naming
 from eventyard.errors import InvalidHandlerResult, SubscriberError
 from eventyard.messages import Command, DomainEvent, Message
+
+if TYPE_CHECKING:
+    from eventyard.retry import RetryPolicy
 
 Handler = Callable[[Any], Any]
 
@@ -49,6 +53,10 @@ class MessageSubscriber:
     #: The service that publishes the subscribed messages, when it is not the consuming service
     #: (a class subscriber sets it as a class attribute).
     publisher: str | None = None
+    #: This subscriber's retry policy (None: the consumer's) and handler timeout in seconds
+    #: (None: the consumer's); class attributes of a class subscriber.
+    retry_policy: RetryPolicy | None = None
+    handler_timeout: float | None = None
 
     @staticmethod
     def from_message(
@@ -56,12 +64,16 @@ class MessageSubscriber:
         handlers: Sequence[Handler] | Handler,
         *,
         publisher: str | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
     ) -> MessageSubscriber:
         """A subscriber running each of ``handlers`` for a message class (or an instance's class).
 
         ``publisher`` names another service of the organisation whose message this is (billing
         reacting to registration's ``UserCreated``): the queues are that service's, as petisco
-        names them, and this service's consumer consumes them beside its own.
+        names them, and this service's consumer consumes them beside its own. ``retry`` is
+        its handlers' retry policy and ``timeout`` bounds each handler run, in seconds (both
+        default to the consumer's).
         """
         messages = list(message) if isinstance(message, list | tuple) else [message]
         classes = [_message_class(m) for m in messages]
@@ -69,8 +81,11 @@ class MessageSubscriber:
             raise SubscriberError("from_message needs at least one message class")
         if publisher is not None:
             naming.check_word(publisher, "publisher", error=SubscriberError)
-        return _FunctionSubscriber(classes, _handler_list(handlers), all_messages=False,
-                                   publisher=publisher)
+        subscriber = _FunctionSubscriber(classes, _handler_list(handlers), all_messages=False,
+                                         publisher=publisher)
+        subscriber.retry_policy = check_retry_policy(retry, "retry")
+        subscriber.handler_timeout = check_timeout(timeout, "timeout")
+        return subscriber
 
     @staticmethod
     def all_messages(handlers: Sequence[Handler] | Handler) -> MessageSubscriber:
@@ -103,6 +118,26 @@ class _FunctionSubscriber(MessageSubscriber):
         target = "all messages" if self._all else ", ".join(c.__name__ for c in self._classes)
         names = ", ".join(handler_name(h) for h in self._handlers)
         return f"MessageSubscriber({target} -> {names})"
+
+
+def check_retry_policy(policy: Any, what: str) -> RetryPolicy | None:
+    """``policy`` if it is a ``RetryPolicy`` or None; ``SubscriberError`` if not."""
+    from eventyard.retry import RetryPolicy  # retry reads this module's Outcome
+
+    if policy is not None and not isinstance(policy, RetryPolicy):
+        raise SubscriberError(f"{what} must be an eventyard.RetryPolicy or None, not {policy!r}")
+    return policy
+
+
+def check_timeout(timeout: Any, what: str) -> float | None:
+    """``timeout`` in seconds if it is a positive, finite number or None; ``SubscriberError``
+    if not."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not (
+            timeout > 0 and math.isfinite(timeout)):
+        raise SubscriberError(f"{what} must be a number of seconds > 0, or None, not {timeout!r}")
+    return float(timeout)
 
 
 def _message_class(message: Any) -> type[Message]:
@@ -245,7 +280,8 @@ class Subscription:
 
     ``publisher`` is the service whose message it is when another service consumes it;
     ``store_suffix`` tells a further store handler's queue (``store.<handler>``) from the
-    organisation's ``store`` (empty).
+    organisation's ``store`` (empty); ``retry`` and ``timeout`` are the subscriber's own (None:
+    the consumer's).
     """
 
     message_class: type[Message] | None
@@ -253,6 +289,8 @@ class Subscription:
     handlers: tuple[Handler, ...]
     publisher: str | None = None
     store_suffix: str = ""
+    retry: RetryPolicy | None = None
+    timeout: float | None = None
 
     @property
     def is_store(self) -> bool:
@@ -288,14 +326,21 @@ def subscriptions_of(subscribers: Iterable[MessageSubscriber]) -> list[Subscript
         if not isinstance(subscriber, MessageSubscriber):
             raise SubscriberError(f"{subscriber!r} is not a MessageSubscriber")
         pairs = subscriber.handlers()
+        policy = check_retry_policy(subscriber.retry_policy, f"{subscriber!r}: retry_policy")
+        timeout = check_timeout(subscriber.handler_timeout, f"{subscriber!r}: handler_timeout")
         if subscriber.is_all_messages():
+            if policy is not None and not policy.is_default:
+                raise SubscriberError(
+                    f"{subscriber!r}: the store retries after its retry queue's TTL; a retry "
+                    "policy with delays of its own is for subscribers of given messages")
             for name, handler in pairs:
                 if name in store:
                     raise SubscriberError(
                         f"two store handlers are named {name!r}; they would share one queue: "
                         "rename one")
                 store[name] = Subscription(None, name, (handler,),
-                                           store_suffix=name if store else "")
+                                           store_suffix=name if store else "", retry=policy,
+                                           timeout=timeout)
             continue
         classes = subscriber.subscribed_to()
         if not classes:
@@ -313,7 +358,8 @@ def subscriptions_of(subscribers: Iterable[MessageSubscriber]) -> list[Subscript
                         f"two handlers named {name!r} subscribe to {cls.message_name} "
                         f"v{cls.message_version}; they would share one queue: rename one"
                     )
-                found[key] = Subscription(cls, name, (handler,), publisher=publisher)
+                found[key] = Subscription(cls, name, (handler,), publisher=publisher,
+                                          retry=policy, timeout=timeout)
                 if issubclass(cls, Command):
                     command_handlers.setdefault(
                         (publisher, cls.message_name, cls.message_version), []

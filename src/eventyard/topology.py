@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from eventyard import naming
 from eventyard.errors import ConfigurationError
+from eventyard.retry import DELAY_LEVELS_MS
 from eventyard.subscribers import Subscription
 
 QueueType = Literal["classic", "quorum"]
@@ -62,15 +63,17 @@ class Topology:
     organization: str = ""
     store_queues: tuple[str, ...] = ()
     foreign_exchanges: tuple[str, ...] = ()
+    foreign_queues: tuple[str, ...] = ()
 
     def for_deletion(self) -> Topology:
         """This topology without the exchanges of other services it subscribes to.
 
         Clearing a service deletes its queues and its own exchanges, never the exchanges that
-        the services it listens to publish on.
+        the services it listens to publish on, nor their delay ladders.
         """
         return dataclasses.replace(self, exchanges=tuple(
-            e for e in self.exchanges if e.name not in self.foreign_exchanges))
+            e for e in self.exchanges if e.name not in self.foreign_exchanges), queues=tuple(
+            q for q in self.queues if q.name not in self.foreign_queues))
 
     def queue(self, name: str) -> QueueSpec:
         """The queue called ``name``; ``KeyError`` if there is none."""
@@ -248,6 +251,7 @@ def build_topology(
 
     commands: list[tuple[str, str]] = []
     claimed: dict[str, Subscription] = {}
+    delayed: dict[str, list[str]] = {}  # owner service -> queues with a policy of their own
     for sub in subs:
         cls = sub.message_class
         if cls is None:
@@ -267,6 +271,8 @@ def build_topology(
                 main, naming.retry_key(q))
         if cls.message_kind == "command":
             commands.append((main, key))
+        if sub.retry is not None and not sub.retry.is_default:
+            delayed.setdefault(owner, []).append(q)
 
     store_queues: tuple[str, ...] = ()
     if options.store:
@@ -286,11 +292,43 @@ def build_topology(
             if petisco and s == options.store_queue:
                 bindings += _petisco_store_bindings(org, services, s)
     foreign = tuple(e.name for e in exchanges[3:3 * len(services)])
+    foreign_queues: tuple[str, ...] = ()
+    for owner, owned in delayed.items():
+        ladder = delay_topology(org, owner, owned, options)
+        exchanges += ladder.exchanges
+        queues += ladder.queues
+        bindings += ladder.bindings
+        if owner != svc:
+            foreign += tuple(e.name for e in ladder.exchanges)
+            foreign_queues += tuple(q.name for q in ladder.queues)
     # Every name is checked before anything is declared, on every broker alike.
     naming.check_names(exchanges=(e.name for e in exchanges), queues=(q.name for q in queues),
                        routing_keys=(b.routing_key for b in bindings))
     return Topology(tuple(exchanges), tuple(queues), tuple(dict.fromkeys(bindings)), org,
-                    store_queues, foreign)
+                    store_queues, foreign, foreign_queues)
+
+
+def delay_topology(org: str, svc: str, subscriber_queues: Iterable[str],
+                   options: TopologyOptions | None = None) -> Topology:
+    """The delay ladder of ``org``/``svc`` and the bindings that bring copies back to each of
+    ``subscriber_queues`` (queues bound to that service's main exchange).
+
+    One exchange ``delay.<org>.<svc>`` and one queue per level of ``DELAY_LEVELS_MS``, whatever
+    the delays: each level holds copies for its TTL, then dead-letters them to the main
+    exchange with their own routing key (``<level>.retry.Q``: no dead-letter routing key is
+    set), which only ``Q``'s ``*.retry.Q`` binding matches.
+    """
+    options = options or TopologyOptions()
+    main, entry = naming.exchange(org, svc), naming.delay_exchange(org, svc)
+    queues = tuple(QueueSpec(naming.delay_queue(org, svc, level), _queue_arguments(
+        options, **{"x-message-ttl": level, "x-dead-letter-exchange": main}))
+        for level in DELAY_LEVELS_MS)
+    bindings = [BindingSpec(entry, q.name, naming.delay_level_binding(level))
+                for q, level in zip(queues, DELAY_LEVELS_MS, strict=True)]
+    bindings += [BindingSpec(main, q, naming.delay_return_binding(q)) for q in subscriber_queues]
+    naming.check_names(exchanges=(entry,), queues=(q.name for q in queues),
+                       routing_keys=(b.routing_key for b in bindings))
+    return Topology((ExchangeSpec(entry),), queues, tuple(bindings), org)
 
 
 def _petisco_store_bindings(org: str, services: Iterable[str], store: str) -> list[BindingSpec]:
@@ -316,6 +354,8 @@ class Route:
     retry_key: str
     dead_letter_exchange: str
     dead_letter_key: str
+    main_exchange: str = ""  # where Q is bound: an immediate retry goes there with retry_key
+    delay_exchange: str = ""  # the owner's delay ladder ('' for the store: fixed delay only)
 
 
 def route_of(org: str, svc: str, queue: str, store_queue: str = naming.STORE_QUEUE) -> Route:
@@ -331,4 +371,5 @@ def route_of(org: str, svc: str, queue: str, store_queue: str = naming.STORE_QUE
                      naming.store_dead_letter_exchange(org), naming.dead_letter_key(queue))
     owner = words[1] if subscriber else svc
     return Route(queue, naming.retry_exchange(org, owner), naming.retry_key(queue),
-                 naming.dead_letter_exchange(org, owner), naming.dead_letter_key(queue))
+                 naming.dead_letter_exchange(org, owner), naming.dead_letter_key(queue),
+                 naming.exchange(org, owner), naming.delay_exchange(org, owner))

@@ -17,6 +17,8 @@ CURATED = {
     "NotImplementedBroker", "PublishNackedError", "PublishTimeoutError", "QueueNotFoundError",
     "SimulatedChaosFailure", "SubscriberError", "TopologyMismatchError", "TopologyOptions",
     "UnroutableError", "Uuid", "broker_from_env",
+    # Retry policies (issue 13)
+    "HandlerTimeout", "RetryPolicy", "Unrecoverable",
 }
 
 
