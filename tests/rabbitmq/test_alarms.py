@@ -28,7 +28,7 @@ from support.waiting import wait_until
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.fault]
 
-LIMIT = 2.0
+LIMIT = 1.0
 
 
 class UserCreated(DomainEvent):
@@ -37,6 +37,13 @@ class UserCreated(DomainEvent):
 
 def _memory_alarm(node: ThrowawayNode) -> bool:
     return "memory" in node.ctl("eval", "rabbit_alarm:get_alarms().")
+
+
+def _set_watermark(node: ThrowawayNode, fraction: str) -> bool:
+    """Set the node's memory watermark; whether its memory alarm is on right after (one
+    rabbitmqctl call for both: each costs a second or two)."""
+    return "memory" in node.ctl("eval", f"ok = vm_memory_monitor:set_vm_memory_high_watermark("
+                                        f"{fraction}), rabbit_alarm:get_alarms().")
 
 
 def _times_out_naming_the_alarm(publish: Callable[[], None]) -> None:
@@ -62,8 +69,8 @@ def test_every_publish_path_gives_up_in_time_during_an_alarm(throwaway_node: Thr
         bus.publish(UserCreated(user_id=Uuid.v4()))  # both paths connected before the alarm
         bus.publish([UserCreated(user_id=Uuid.v4()) for _ in range(2)])
 
-        throwaway_node.ctl("set_vm_memory_high_watermark", "0.000001")
-        wait_until(lambda: _memory_alarm(throwaway_node), 30, "the memory alarm")
+        if not _set_watermark(throwaway_node, "0.000001"):
+            wait_until(lambda: _memory_alarm(throwaway_node), 30, "the memory alarm")
 
         _times_out_naming_the_alarm(lambda: bus.publish(UserCreated(user_id=Uuid.v4())))
         _times_out_naming_the_alarm(
@@ -83,8 +90,8 @@ def test_every_publish_path_gives_up_in_time_during_an_alarm(throwaway_node: Thr
 
         _times_out_naming_the_alarm(lambda: asyncio.run(publish_async()))
 
-        throwaway_node.ctl("set_vm_memory_high_watermark", "0.4")
-        wait_until(lambda: not _memory_alarm(throwaway_node), 30, "the alarm to clear")
+        if _set_watermark(throwaway_node, "0.4"):
+            wait_until(lambda: not _memory_alarm(throwaway_node), 30, "the alarm to clear")
         started = time.monotonic()
         bus.publish(UserCreated(user_id=Uuid.v4()))
         bus.publish([UserCreated(user_id=Uuid.v4()) for _ in range(2)])

@@ -1,13 +1,14 @@
 """A throwaway RabbitMQ node for tests that stop, restart or cut off a broker.
 
 It has its own node name, ports, data and log directories in a temp folder and never touches
-the shared broker. Start takes about 10 s.
+the shared broker. Start takes 5 to 10 s; a stop, about 1 s.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -87,28 +88,33 @@ class ThrowawayNode:
         return env
 
     def start(self, timeout: float = 60.0) -> None:
-        """Start the node and wait until it accepts AMQP connections."""
+        """Start the node and wait until it accepts AMQP connections.
+
+        The AMQP listener is among the last things a node starts (after the vhosts and their
+        queues), so an open port means a node ready for clients; this spares the 1 to 2 s of
+        an Erlang VM that ``rabbitmqctl wait`` boots.
+        """
         if self.process is not None and self.process.poll() is None:
             return
         log = open(self.base / "server.out", "ab")  # noqa: SIM115 - kept for the process's life
         self.process = subprocess.Popen([SERVER], env=self.env(), stdout=log, stderr=log,
                                         stdin=subprocess.DEVNULL, start_new_session=True)
-        subprocess.run([CTL, "-n", self.nodename, "wait", str(self.base / "rabbit.pid"),
-                        "--timeout", str(int(timeout))], env=self.env(), check=False,
-                       capture_output=True, timeout=timeout + 10)
         deadline = time.monotonic() + timeout
         while not port_open(self.port):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 output = (self.base / "server.out").read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"throwaway RabbitMQ node did not start:\n{output}")
-            time.sleep(0.1)  # polling a port with a deadline
+            time.sleep(0.05)  # polling a port with a deadline
 
     def stop(self) -> None:
-        """Stop the node cleanly (durable queues and persistent messages survive)."""
+        """Stop the node cleanly (durable queues and persistent messages survive).
+
+        SIGTERM makes the node stop as ``rabbitmqctl stop`` does, without booting a VM for it.
+        """
         if self.process is None:
             return
-        subprocess.run([CTL, "-n", self.nodename, "stop"], env=self.env(), check=False,
-                       capture_output=True, timeout=60)
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
         try:
             self.process.wait(30)
         except subprocess.TimeoutExpired:
