@@ -230,6 +230,8 @@ def delay_left(headers: Mapping[str, Any]) -> int:
     """What a delayed copy must still wait, from its headers (0 when absent or not a count),
     at most ``MAX_DELAY_MS``: a forged value never holds a message for long."""
     value = headers.get(DELAY_LEFT)
+    if type(value) is int:  # ours
+        return min(max(value, 0), MAX_DELAY_MS)
     if value is None:
         return 0
     return min(_parse_count(value), MAX_DELAY_MS)

@@ -201,3 +201,83 @@ def test_a_consumer_wide_timeout_and_policy_apply_to_subscribers_without_their_o
     letter = dead_letter_of(yard, send_mail_handler)
     assert timed.count == 3  # the subscriber's policy, the consumer's timeout
     assert letter.headers[FAILURE_TYPE] == "HandlerTimeout"
+
+
+class SendMailOnUserCreated(MessageSubscriber):
+    """A class subscriber with a policy and a timeout of its own."""
+
+    retry_policy = RetryPolicy(delays_ms=[100, 200], unrecoverable=[PermissionError])
+    handler_timeout = 5.0
+    timed = Timed()
+
+    def subscribed_to(self) -> list[type[Message]]:
+        return [UserCreated]
+
+    def handle(self, message: Message) -> None:
+        run = self.timed.add()
+        if run == 1:
+            raise RuntimeError("first run fails")
+        raise PermissionError("then it cannot succeed")
+
+
+def test_a_class_subscriber_sets_its_policy_as_class_attributes(yard: Yard) -> None:
+    SendMailOnUserCreated.timed = Timed()
+    subscribers = [SendMailOnUserCreated()]
+    yard.configure(subscribers)
+    yard.consumer(subscribers, max_retries=0)
+    yard.event_bus().publish(UserCreated(user_id=Uuid.v4()))
+    queue = f"{yard.organization}.{yard.service}.1.event.user_created.send_mail_on_user_created"
+    dead = naming.dead_letter_queue(queue)
+    yard.wait_until(lambda: yard.queue_counts(dead)[dead] == 1, timeout=15, what="the dead letter")
+    yard.settle()
+    [letter] = yard.messages_in(dead)
+    assert SendMailOnUserCreated.timed.count == 2
+    assert letter.headers[FAILURE_TYPE] == "PermissionError"
+    assert delays_of(letter) == [100]
+
+
+@pytest.mark.parametrize("yard", ["memory"], indirect=True)
+def test_the_virtual_clock_crosses_delays_of_hours_and_days_at_once(yard: Yard) -> None:
+    timed = Timed()
+    handler = failing_handler(timed)
+    started = time.monotonic()
+    run(yard, handler, RetryPolicy(delays_ms=[3_600_000, 86_400_000, 7 * 86_400_000]))
+    letter = dead_letter_of(yard, handler)
+    assert timed.count == 4
+    assert delays_of(letter) == [3_600_000, 86_400_000, 7 * 86_400_000]
+    assert time.monotonic() - started < 10
+
+
+def _ladder_counts(yard: Yard) -> dict[int, int]:
+    names = {naming.delay_queue(yard.organization, yard.service, level): level
+             for level in DELAY_LEVELS_MS}
+    return {names[queue]: count for queue, count in yard.queue_counts(*names).items() if count}
+
+
+@pytest.mark.parametrize("yard", [pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)],
+                         indirect=True)
+def test_delayed_copies_wait_in_the_broker_while_the_consumer_restarts(yard: Yard) -> None:
+    timed = Timed()
+    handler = failing_handler(timed)
+    subscribers = [MessageSubscriber.from_message(
+        UserCreated, [handler], retry=RetryPolicy(delays_ms=[1500, 3_600_000]))]
+    yard.configure(subscribers)
+    consumer = yard.consumer(subscribers)
+    yard.event_bus().publish(UserCreated(user_id=Uuid.v4()))
+    queue = yard.queue_of(UserCreated, handler)
+    # 1500 ms = 800 + 400 + 200 + 100: the copy waits on the first level; restart meanwhile.
+    yard.wait_until(lambda: _ladder_counts(yard) == {800: 1}, what="the copy on the 800 ms level")
+    consumer.stop(timeout=5)
+    consumer = yard.consumer(subscribers)
+    yard.wait_until(lambda: timed.count == 2, timeout=10, what="the second run")
+    assert 1.5 - 0.01 <= timed.gaps()[0] <= 1.5 + SLACK_SECONDS, timed.gaps()
+    # One hour: 3,276,800 ms first. It waits in the broker, not unacked in a consumer.
+    yard.wait_until(lambda: _ladder_counts(yard) == {3_276_800: 1}, what="the copy on a level")
+    consumer.stop(timeout=5)
+    assert yard.queue_counts(queue)[queue] == 0
+    yard.consumer(subscribers)
+    yard.settle()
+    assert _ladder_counts(yard) == {3_276_800: 1}  # none lost
+    assert timed.count == 2  # none early
+    [copy] = yard.messages_in(naming.delay_queue(yard.organization, yard.service, 3_276_800))
+    assert int(copy.headers["retry_delay_left_ms"]) == 3_600_000 - 3_276_800
