@@ -9,6 +9,7 @@ while one is built, so nothing leaks into the environment of other tests.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections import Counter
@@ -189,13 +190,32 @@ class PetiscoService:
         return consumer
 
     def stop(self, consumer: PetiscoConsumer) -> None:
-        """petisco's stop (it waits 2 s), then close the consumer's connection as the
-        process of a stopped service would: what it had prefetched goes back to the queue."""
-        if consumer in self._consumers:
-            self._consumers.remove(consumer)
-            consumer.stop()
-            if consumer.rabbitmq_key in self.connector.open_connections:
-                self.connector.close(consumer.rabbitmq_key)
+        """Stop the consumer as petisco's ``stop()`` does, then close its connection as the
+        process of a stopped service would: what it had prefetched goes back to the queue.
+
+        petisco stops consuming on the consumer's own thread and waits for that thread; but it
+        asks with ``call_later``, which pika runs at the connection's next I/O (seconds later),
+        and it sleeps 2 s first. The same steps, asked with pika's thread-safe callback, take
+        milliseconds. (``_channel`` and ``_thread`` are petisco 2.2.3's, the version pinned.)
+        """
+        if consumer not in self._consumers:
+            return
+        self._consumers.remove(consumer)
+        thread: threading.Thread | None = consumer._thread
+        if thread is not None and thread.is_alive():
+            channel = consumer._channel
+
+            def stop_consuming() -> None:
+                with contextlib.suppress(ValueError):
+                    channel.stop_consuming()
+                    channel.cancel()
+
+            self.connector.get_connection(consumer.rabbitmq_key).add_callback_threadsafe(
+                stop_consuming)
+            thread.join(10)
+            assert not thread.is_alive(), "petisco's consumer did not stop within 10 s"
+        if consumer.rabbitmq_key in self.connector.open_connections:
+            self.connector.close(consumer.rabbitmq_key)
 
     def close(self) -> None:
         for consumer in list(self._consumers):

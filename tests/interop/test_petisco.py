@@ -142,6 +142,10 @@ def test_eventyard_publishes_and_petisco_consumes(interop: Interop) -> None:
     wait_until(lambda: len(runs.of("send_mail")) == 2 and len(runs.of("persist_user_handler")) == 1,
                10, "petisco to handle eventyard's messages")
     interop.petisco.stop(consumer)
+    # Stopped, its connection closed: a message handled but not acked would be back, to run again.
+    for queue in (interop.queue("send_mail"), interop.queue("persist_user_handler", "command",
+                                                            "persist_user")):
+        assert interop.inspector.count(queue) == interop.inspector.count(f"retry.{queue}") == 0
     assert runs.of("send_mail") == Counter({pid(plain): 1, pid(traced): 1})
     assert runs.of("persist_user_handler") == Counter({pid(command): 1})
     received = runs.seen[("send_mail", pid(plain))]
@@ -171,7 +175,7 @@ def test_a_petisco_and_an_eventyard_consumer_share_one_queue(interop: Interop, f
     assert interop.inspector.queues(queue)[queue]["x-message-ttl"] == 5000
 
     consumer = interop.petisco.consume([on_petisco], MAX_RETRIES)
-    yard.consume(on_yard, MAX_RETRIES, events)
+    yard_consumer = yard.consume(on_yard, MAX_RETRIES, events)
     from_petisco = [petisco_event(f"p{i}") for i in range(20)]
     from_yard = [yard_event(f"y{i}") for i in range(20)]
     interop.petisco.publish(from_petisco)
@@ -179,7 +183,11 @@ def test_a_petisco_and_an_eventyard_consumer_share_one_queue(interop: Interop, f
 
     ids = {pid(m) for m in [*from_petisco, *from_yard]}
     wait_until(lambda: set(runs.of("send_mail")) == ids, 20, "both consumers to handle every message")
-    interop.petisco.stop(consumer)  # its 2 s wait also lets any second delivery show up
+    interop.petisco.stop(consumer)
+    yard.stop(yard_consumer)
+    # Both stopped, their connections closed: a message handled but not acked would be back in
+    # the queue (or its retry queue), to be handled a second time.
+    assert interop.inspector.count(queue) == interop.inspector.count(f"retry.{queue}") == 0
     handled = runs.of("send_mail")
     assert handled == Counter(dict.fromkeys(ids, 1)), "a message lost or handled twice"
     by_petisco, by_yard = runs.of("send_mail", "petisco"), runs.of("send_mail", "eventyard")
