@@ -230,3 +230,15 @@ def test_the_store_keeps_the_fixed_delay() -> None:
 
     with pytest.raises(SubscriberError, match="store"):
         subscriptions_of([Store()])
+
+
+def test_a_requeued_dead_letter_starts_its_policy_again() -> None:
+    from eventyard.rabbitmq.dead_letters import DeadLetter, Failure, requeued_headers
+
+    headers = failure_headers({}, FAILED, queue="q", routing_key="k", retries=3, delay_ms=400)
+    letter = DeadLetter("dead_letter.q", b"{}", headers, "m-1", None, "dead_letter.q", None, False,
+                        Failure.from_headers(headers))
+    again = requeued_headers(letter)
+    assert again[REDELIVERY_COUNT] == 0
+    assert FAILURE_DELAYS not in again and DELAY_LEFT not in again
+    assert RetryPolicy(delays_ms=[200, 400]).delay_ms(again[REDELIVERY_COUNT]) == 200
