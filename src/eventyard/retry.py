@@ -237,10 +237,17 @@ def delay_left(headers: Mapping[str, Any]) -> int:
     return min(_parse_count(value), MAX_DELAY_MS)
 
 
+def _delays_of(headers: Mapping[str, Any]) -> str:
+    """``FAILURE_DELAYS`` if it is ours (digits and commas, bounded), else ''."""
+    old = headers.get(FAILURE_DELAYS)
+    if isinstance(old, str) and len(old) <= _DELAYS_TEXT and all(c in "0123456789," for c in old):
+        return old
+    return ""
+
+
 def delays_text(headers: Mapping[str, Any], delay_ms: int) -> str:
     """``FAILURE_DELAYS`` of the next copy: the old list (if ours) with ``delay_ms`` added."""
-    old = headers.get(FAILURE_DELAYS)
-    kept = old if isinstance(old, str) and all(c in "0123456789," for c in old) else ""
+    kept = _delays_of(headers)
     text = f"{kept},{delay_ms}" if kept else str(delay_ms)
     if len(text) > _DELAYS_TEXT:
         text = text[-_DELAYS_TEXT:].partition(",")[2]
@@ -367,8 +374,8 @@ def failure_headers(
     }
     if delay_ms is not None:
         fixed[FAILURE_DELAYS] = delays_text(headers, delay_ms)
-    elif FAILURE_DELAYS in headers:  # a dead letter of a policy of its own keeps its record
-        fixed[FAILURE_DELAYS] = delays_text(headers, 0).rpartition(",")[0]
+    elif kept_delays := _delays_of(headers):  # a dead letter keeps the record of its delays
+        fixed[FAILURE_DELAYS] = kept_delays
     original.pop(DELAY_LEFT, None)
     fixed = encodable(fixed)  # a type or queue name that is not UTF-8
     message = text(outcome.error_message[:_TRIMS[0][0]])

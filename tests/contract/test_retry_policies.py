@@ -281,3 +281,22 @@ def test_delayed_copies_wait_in_the_broker_while_the_consumer_restarts(yard: Yar
     assert timed.count == 2  # none early
     [copy] = yard.messages_in(naming.delay_queue(yard.organization, yard.service, 3_276_800))
     assert int(copy.headers["retry_delay_left_ms"]) == 3_600_000 - 3_276_800
+
+
+def test_a_consumer_wide_policy_declares_the_ladder_it_needs(yard: Yard) -> None:
+    from eventyard import MessageConfigurer
+
+    timed = Timed()
+    handler = failing_handler(timed)
+    subscribers = [MessageSubscriber.from_message(UserCreated, [handler])]
+    yard.configure(subscribers)  # the seed's topology only: no ladder
+    assert _ladder_counts(yard) == {}
+    # Teardown deletes the ladder the consumer declares, as the configurer would have.
+    cleaner = MessageConfigurer(yard.backend, yard.organization, yard.service, options=yard.options())
+    yard._configured.append((cleaner, [MessageSubscriber.from_message(
+        UserCreated, [handler], retry=RetryPolicy(delays_ms=[100]))]))
+    yard.consumer(subscribers, retry=RetryPolicy(delays_ms=[300, 100]))
+    yard.event_bus().publish(UserCreated(user_id=Uuid.v4()))
+    letter = dead_letter_of(yard, handler)
+    assert timed.count == 3
+    assert delays_of(letter) == [300, 100]
