@@ -193,15 +193,20 @@ class Message(BaseModel):
     def get_correlation_id(self) -> str:
         """The id of the conversation this message belongs to: the meta's ``correlation_id``
         (or its ``InfoId``'s), else the message's own id (it starts a conversation)."""
-        meta = self._meta
+        private = self.__pydantic_private__ or {}  # read at once: pydantic's lookup is slow
+        meta = private.get("_meta")
         found = valid_id(meta.get("correlation_id")) if meta else None
         if found is None and meta and isinstance(info := meta.get("info_id"), dict):
             found = valid_id(info.get("correlation_id"))
-        return found if found is not None else self.get_message_id()
+        if found is not None:
+            return found
+        own = private.get("_message_id")
+        return own if own is not None else self.get_message_id()
 
     def get_causation_id(self) -> str | None:
         """The id of the message whose handler published this one (None for a first message)."""
-        return valid_id(self._meta.get("causation_id")) if self._meta else None
+        meta = (self.__pydantic_private__ or {}).get("_meta")
+        return valid_id(meta.get("causation_id")) if meta else None
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in self.get_attributes().items())

@@ -52,10 +52,14 @@ def handled_message() -> Message | None:
 def stamp(message: Message) -> str:
     """Give ``message`` the correlation and causation of the message being handled here (if
     any, and unless it carries its own); return its correlation id."""
+    private = message.__pydantic_private__ or {}  # read at once: pydantic's lookup is slow
     handled = HANDLING.get()
     if handled is None:
+        own = private.get("_message_id")
+        if not private.get("_meta") and own is not None:
+            return str(own)  # the usual case: a first message, nothing to read
         return message.get_correlation_id()
-    meta = message.__pydantic_private__["_meta"]  # type: ignore[index]  # its own dict, in place
+    meta = private["_meta"]  # its own dict, changed in place
     info = meta.get("info_id")
     if CORRELATION_ID not in meta and not (isinstance(info, dict) and info.get(CORRELATION_ID)):
         meta[CORRELATION_ID] = handled.get_correlation_id()
