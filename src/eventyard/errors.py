@@ -21,7 +21,8 @@
         ├── BrokerConnectionError cannot connect, or the connection was lost mid-operation
         ├── PublishNackedError    the broker refused (nacked) a published message
         ├── PublishTimeoutError   no confirm in time (a broker alarm blocked publishing, say)
-        └── UnroutableError       a command that no queue receives
+        ├── UnroutableError       a command that no queue receives
+        └── ManagementApiError    the management HTTP API is off, unreachable or refused
 
 Messages say what failed and what to do about it; passwords never appear in them. A bug (in
 eventyard or in the application) is not translated: it propagates as the exception it is, and
@@ -107,3 +108,7 @@ class PublishTimeoutError(BrokerError):
 
 class UnroutableError(BrokerError):
     """A published command reached no queue: nobody would ever handle it."""
+
+
+class ManagementApiError(BrokerError):
+    """The management HTTP API (queue discovery) is off, unreachable or refused the user."""

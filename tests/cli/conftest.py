@@ -128,7 +128,8 @@ class Service:
     def env(self, **extra: str) -> dict[str, str]:
         """Environment for a CLI process: the broker in RABBITMQ_URL, the tests importable."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("RABBITMQ_")}
-        env.update(RABBITMQ_URL=self.url, PYTHONPATH=str(TESTS), COLUMNS="200", **extra)
+        env.update(RABBITMQ_URL=self.url, PYTHONPATH=str(TESTS), COLUMNS="200")
+        env.update(extra)
         return env
 
     def run(self, *args: str, **extra_env: str) -> subprocess.CompletedProcess[str]:

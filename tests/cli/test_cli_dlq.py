@@ -141,7 +141,6 @@ def test_dump_writes_json_lines_and_keeps_the_messages(service: Service, tmp_pat
 @pytest.mark.parametrize(("args", "message"), [
     (["-q", "{queue}"], "is not a dead-letter queue"),
     (["-q", "dead_letter.{queue}.gone"], "does not exist"),
-    ([], "name the dead-letter queues with --queue, or give --app"),
     (["--app", "cli.nowhere:subscribers"], "cannot import 'cli.nowhere'"),
     (["--app", "cli.cliapp:SERVICE"], "is not a list of MessageSubscriber"),
 ])

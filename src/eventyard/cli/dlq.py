@@ -34,16 +34,18 @@ from eventyard.cli.common import (
     settings,
     topology_options,
 )
-from eventyard.errors import ConfigurationError, QueueNotFoundError
+from eventyard.errors import ConfigurationError, ManagementApiError, QueueNotFoundError
 from eventyard.rabbitmq import dead_letters
 from eventyard.rabbitmq.dead_letters import DeadLetter, Report, Selection, Step, preview, printable
 from eventyard.rabbitmq.inspection import connect, queue_state
+from eventyard.rabbitmq.management import discover_dead_letter_queues
 from eventyard.rabbitmq.settings import ConnectionSettings
 
 app = typer.Typer(help="Dead letters: list, show, requeue, discard, dump.", no_args_is_help=True)
 
 AppOption = Annotated[str | None, typer.Option(
-    "--app", help="module:attribute of the application's subscribers; its dead-letter queues are used.")]
+    "--app", help="module:attribute of the application's subscribers; its dead-letter queues are used. "
+                  "Without --app or --queue, the management API lists the service's dead-letter queues.")]
 QueueOption = Annotated[list[str] | None, typer.Option(
     "--queue", "-q", help="A dead-letter queue (repeat, or separate with commas).")]
 IdOption = Annotated[list[str] | None, typer.Option(
@@ -83,11 +85,31 @@ def _target(org: str, svc: str, app_spec: str | None, queues: list[str] | None, 
                 fail(str(error))
         return Target(org, svc, list(dict.fromkeys(names)), True, store_queue, settings(url))
     if app_spec is None:
-        fail("name the dead-letter queues with --queue, or give --app module:attribute so they can be "
-             "derived (AMQP cannot list queues)")
+        return _discovered(org, svc, store_queue, settings(url))
     options = topology_options(5000, 5, store_queue, no_store)
     topology = app_topology(app_spec, org, svc, options)
     return Target(org, svc, dead_letters.dead_letter_queues(topology), False, store_queue, settings(url))
+
+
+def _discovered(org: str, svc: str, store_queue: str, connection: ConnectionSettings) -> Target:
+    """The service's dead-letter queues as the management API lists them (AMQP cannot)."""
+    try:
+        found = discover_dead_letter_queues(connection, org, svc)
+    except ManagementApiError as error:
+        fail(f"cannot list the dead-letter queues: {error}. Without the management API, name them "
+             "with --queue, or give --app module:attribute so they can be derived from the "
+             "application")
+    mine = []
+    for name in found:
+        try:
+            dead_letters.route_for(org, svc, name, store_queue)
+        except ConfigurationError:
+            continue  # bound to the service's exchange but not requeueable by it: not ours to touch
+        mine.append(name)
+    if not mine:
+        err.print(Text(f"note: the management API lists no dead-letter queue of {org}.{svc} on "
+                       f"{connection.describe()}"), soft_wrap=True)
+    return Target(org, svc, mine, False, store_queue, connection)
 
 
 async def _present(connection: AbstractConnection, target: Target) -> list[str]:

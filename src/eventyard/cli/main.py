@@ -76,9 +76,23 @@ def _add_optional_groups() -> None:
 _add_optional_groups()
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            out.print(f"eventyard {version('eventyard')}")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            out.print("eventyard (not installed: version unknown)")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what eventyard does.")]
-          = False) -> None:
+          = False,
+          _version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                                 help="Print eventyard's version and exit.")] = False,
+          ) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
