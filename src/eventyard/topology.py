@@ -20,6 +20,9 @@ from eventyard.subscribers import Subscription
 QueueType = Literal["classic", "quorum"]
 DEFAULT_RETRY_TTL_MS = 5000
 DEFAULT_MAX_RETRIES = 5
+# Replicas of each quorum queue: three survive the loss of one node (RabbitMQ caps it at the
+# cluster's size, so one node still works).
+DEFAULT_QUORUM_GROUP_SIZE = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +140,7 @@ class TopologyOptions:
     queue_type: QueueType = "classic"
     main_queue_ttl_ms: int | None = None
     delivery_limit: int | None = None
+    quorum_group_size: int = DEFAULT_QUORUM_GROUP_SIZE
     max_retries: int = DEFAULT_MAX_RETRIES
     store: bool = True
     store_queue: str = naming.STORE_QUEUE
@@ -155,6 +159,10 @@ class TopologyOptions:
             raise ConfigurationError("main_queue_ttl_ms must be >= 1 ms, or None for no TTL")
         if self.max_retries < 0:
             raise ConfigurationError(f"max_retries must be >= 0, not {self.max_retries}")
+        if isinstance(self.quorum_group_size, bool) or not isinstance(
+                self.quorum_group_size, int) or self.quorum_group_size < 1:
+            raise ConfigurationError(
+                f"quorum_group_size must be an integer >= 1, not {self.quorum_group_size!r}")
         if self.delivery_limit is not None and self.delivery_limit <= self.max_retries:
             raise ConfigurationError("delivery_limit must be above max_retries")
         if self.layout not in ("eventyard", "petisco"):
@@ -198,8 +206,20 @@ def subscription_queue(org: str, svc: str, subscription: Subscription, store_que
 
 
 def _queue_arguments(options: TopologyOptions, **arguments: Any) -> dict[str, Any]:
+    """``arguments`` plus, for quorum, the type, group size and safe dead-lettering.
+
+    Every quorum queue with a dead-letter exchange gets at-least-once dead-lettering: main
+    queues dead-letter at the delivery limit, retry and delay queues at each TTL expiry (every
+    retry passes there). By default the broker's dead-lettering is at-most-once, and a copy
+    lost on a node failure would be a lost message. RabbitMQ requires ``reject-publish``
+    overflow with it; without a length limit nothing is ever rejected.
+    """
     if options.queue_type == "quorum":
         arguments["x-queue-type"] = "quorum"
+        arguments["x-quorum-initial-group-size"] = options.quorum_group_size
+        if "x-dead-letter-exchange" in arguments:
+            arguments["x-dead-letter-strategy"] = "at-least-once"
+            arguments["x-overflow"] = "reject-publish"
     return arguments
 
 

@@ -122,6 +122,28 @@ def test_quorum_queues_get_a_delivery_limit_above_the_retry_budget() -> None:
     assert main["x-delivery-limit"] > 5
 
 
+def test_quorum_queues_that_dead_letter_do_it_at_least_once() -> None:
+    topology = build_topology("acme", "registration", subscriptions_of(SUBSCRIBERS[:1]),
+                              TopologyOptions(queue_type="quorum", quorum_group_size=5))
+    safe = {"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
+    for spec in topology.queues:
+        assert spec.arguments["x-queue-type"] == "quorum"
+        assert spec.arguments["x-quorum-initial-group-size"] == 5
+        dead_letters = "x-dead-letter-exchange" in spec.arguments
+        assert (safe.items() <= spec.arguments.items()) == dead_letters, spec.name
+    # main (delivery limit), retry (TTL) and store queues dead-letter; dead-letter queues do not
+    assert sum("x-dead-letter-strategy" in q.arguments for q in topology.queues) == 4
+    classic = build_topology("acme", "registration", subscriptions_of(SUBSCRIBERS[:1]))
+    assert not any({"x-dead-letter-strategy", "x-overflow", "x-quorum-initial-group-size"}
+                   & q.arguments.keys() for q in classic.queues)
+
+
+@pytest.mark.parametrize("size", [0, -1, True, 2.5])
+def test_a_quorum_group_size_below_one_is_refused(size: object) -> None:
+    with pytest.raises(ConfigurationError, match="quorum_group_size"):
+        TopologyOptions(queue_type="quorum", quorum_group_size=size)  # type: ignore[arg-type]
+
+
 def test_routes_of_a_subscriber_and_of_the_store() -> None:
     route = route_of("acme", "registration", MAIL_Q)
     assert (route.retry_exchange, route.retry_key) == ("retry.acme.registration", f"retry.{MAIL_Q}")

@@ -174,7 +174,10 @@ def test_a_policy_of_its_own_adds_one_ladder_per_service_and_one_binding_per_que
     for spec, level in zip(ladder, DELAY_LEVELS_MS, strict=True):
         assert dict(spec.arguments) == {"x-message-ttl": level,
                                         "x-dead-letter-exchange": "acme.registration",
-                                        "x-queue-type": "quorum"}
+                                        "x-queue-type": "quorum",
+                                        "x-quorum-initial-group-size": 3,
+                                        "x-dead-letter-strategy": "at-least-once",
+                                        "x-overflow": "reject-publish"}
     returns = [b for b in topology.bindings if b.routing_key.startswith("*.retry.")]
     assert {(b.exchange, b.routing_key) for b in returns} == {
         ("acme.registration", "*.retry.acme.registration.1.event.user_created._send_mail"),
