@@ -25,6 +25,7 @@ from eventyard.rabbitmq import (
 from eventyard.rabbitmq.settings import settings_from
 from eventyard.topology import TopologyOptions
 from support import names
+from support.admin import Admin
 from support.broker import RabbitBroker
 from support.rabbitnode import free_port
 from support.waiting import wait_until
@@ -65,17 +66,18 @@ def account(rabbit: RabbitBroker) -> Iterator[Account]:
     vhost, user = f"eventyard-conn-{suffix}", f"eventyard-conn-{suffix}"
     base = settings_from(rabbit.url, environ={})
     host, port = base.endpoints[0]
-    _ctl(rabbit, "add_vhost", vhost)
+    admin = Admin(rabbit.inspector)
+    admin.add_vhost(vhost)
     try:
-        _ctl(rabbit, "add_user", user, HOSTILE_PASSWORD)
+        admin.add_user(user, HOSTILE_PASSWORD)
         try:
             yield Account(vhost, user, HOSTILE_PASSWORD, {
                 "RABBITMQ_HOST": host, "RABBITMQ_PORT": str(port), "RABBITMQ_USER": user,
                 "RABBITMQ_PASSWORD": HOSTILE_PASSWORD, "RABBITMQ_VHOST": vhost})
         finally:
-            _ctl(rabbit, "delete_user", user)
+            admin.delete_user(user)
     finally:
-        _ctl(rabbit, "delete_vhost", vhost)
+        admin.delete_vhost(vhost)
 
 
 def _failures(connector: RabbitMqConnector) -> list[str]:
@@ -126,7 +128,7 @@ def test_a_vhost_without_permission_is_named_then_works_once_granted(
 
     # Granted, the same hostile password from RABBITMQ_PASSWORD just works: a single publish,
     # a list, and a consumer, all on the user's own vhost.
-    _ctl(rabbit, "set_permissions", "-p", account.vhost, account.user, ".*", ".*", ".*")
+    Admin(rabbit.inspector).set_permissions(account.vhost, account.user)
     connector = RabbitMqConnector(environ=account.env)
     handled: list[Uuid] = []
 

@@ -80,16 +80,30 @@ class Management:
         """The names of the broker's users."""
         return {row["name"] for row in self._call("GET", "users?columns=name")}
 
-    def add_vhost(self, name: str, user: str) -> None:
-        """Create ``name`` and give ``user`` every permission on it."""
+    def add_vhost(self, name: str) -> None:
+        """Create the vhost ``name``."""
         self._call("PUT", f"vhosts/{_segment(name)}", {})
-        self._call("PUT", f"permissions/{_segment(name)}/{_segment(user)}",
+
+    def set_permissions(self, vhost: str, user: str) -> None:
+        """Give ``user`` every permission on ``vhost``."""
+        self._call("PUT", f"permissions/{_segment(vhost)}/{_segment(user)}",
                    {"configure": ".*", "write": ".*", "read": ".*"})
+
+    def add_user(self, name: str, password: str) -> None:
+        """Create the user ``name`` (no tags, no permissions)."""
+        self._call("PUT", f"users/{_segment(name)}", {"password": password, "tags": ""})
 
     def delete_vhost(self, name: str) -> None:
         """Delete ``name`` and everything in it (a vhost already gone is fine)."""
+        self._delete(f"vhosts/{_segment(name)}")
+
+    def delete_user(self, name: str) -> None:
+        """Delete the user ``name`` (a user already gone is fine)."""
+        self._delete(f"users/{_segment(name)}")
+
+    def _delete(self, path: str) -> None:
         try:
-            self._call("DELETE", f"vhosts/{_segment(name)}")
+            self._call("DELETE", path)
         except urllib.error.HTTPError as error:
             if error.code != 404:
                 raise

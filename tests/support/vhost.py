@@ -19,6 +19,7 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 import aiormq
 
 from support import names
+from support.admin import Admin
 from support.broker import RabbitBroker
 
 # What a child process must not inherit from the test run: its broker is chosen by the test.
@@ -42,7 +43,7 @@ class PrivateVhost:
         self.url = urlunsplit(parts._replace(path="/" + quote(self.name, safe="")))
         self._ctl_env = broker.inspector.ctl_env
         self._nodename = broker.inspector.nodename
-        self._management = broker.inspector.management
+        self._admin = Admin(broker.inspector)
         self.inspector = broker.inspector.at(self.url)
 
     def _ctl(self, *args: str) -> str:
@@ -51,18 +52,12 @@ class PrivateVhost:
                               text=True, timeout=60).stdout
 
     def create(self) -> PrivateVhost:
-        if self._management is not None:
-            self._management.add_vhost(self.name, self.user)
-            return self
-        self._ctl("add_vhost", self.name)
-        self._ctl("set_permissions", "-p", self.name, self.user, ".*", ".*", ".*")
+        self._admin.add_vhost(self.name)
+        self._admin.set_permissions(self.name, self.user)
         return self
 
     def delete(self) -> None:
-        if self._management is not None:
-            self._management.delete_vhost(self.name)
-        else:
-            self._ctl("delete_vhost", self.name)
+        self._admin.delete_vhost(self.name)
 
     def env(self) -> dict[str, str]:
         """This process's environment with RabbitMQ at this vhost."""
