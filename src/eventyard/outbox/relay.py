@@ -1,0 +1,223 @@
+"""The relay: publishes committed outbox rows through a ``Transport`` and marks them sent.
+
+One batch is one database transaction: lock pending rows (``FOR UPDATE SKIP LOCKED``, so
+several relays share the work), publish them and wait for the broker's confirms, stamp
+``sent_at``, commit. A relay killed between the confirms and the commit leaves its rows
+pending: the next batch publishes them again (at-least-once; an idempotent handler absorbs
+the copy). A committed transaction's NOTIFY wakes the relay; a slow poll covers a lost one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from eventyard.errors import ConfigurationError
+from eventyard.ports import OutgoingMessage, TransportSource
+from eventyard.publishing import start_sending
+
+logger = logging.getLogger(__name__)
+
+CHANNEL = "eventyard_outbox"
+"""The LISTEN/NOTIFY channel schema.sql's trigger notifies."""
+
+_LOCK_BATCH = text(
+    "SELECT id, txid, kind, exchange, routing_key, message_id, message_type, correlation_id, "
+    "headers, body, timestamp_s FROM eventyard_outbox WHERE sent_at IS NULL "
+    "ORDER BY id LIMIT :limit FOR UPDATE SKIP LOCKED"
+)
+# The first pending row of each of the batch's transactions: when another relay holds an
+# earlier row of a transaction, this relay leaves that transaction's rows alone (its order).
+_FIRST_PENDING = text(
+    "SELECT txid, min(id) FROM eventyard_outbox WHERE sent_at IS NULL AND txid = ANY(:txids) "
+    "GROUP BY txid"
+)
+_MARK_SENT = text("UPDATE eventyard_outbox SET sent_at = now() WHERE id = ANY(:ids)")
+_DELETE_SENT = text(
+    "DELETE FROM eventyard_outbox WHERE id IN (SELECT id FROM eventyard_outbox WHERE sent_at < "
+    "now() - make_interval(secs => :age) LIMIT :limit)"
+)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RelaySettings:
+    """How a relay works: batch size, the fallback poll, and how long sent rows are kept."""
+
+    batch_size: int = 500
+    poll_interval: float = 5.0  # seconds between polls when no NOTIFY comes
+    retention: float = 7 * 24 * 3600.0  # seconds a sent row is kept (for inspection)
+    cleanup_interval: float = 60.0  # seconds between clean-ups of sent rows
+    retry_delay: float = 0.5  # first wait after a failed batch, doubling up to max_retry_delay
+    max_retry_delay: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.batch_size, int) or not 1 <= self.batch_size <= 100_000:
+            raise ConfigurationError(f"batch_size must be 1..100000, got {self.batch_size!r}")
+        for name in ("poll_interval", "retention", "cleanup_interval", "retry_delay",
+                     "max_retry_delay"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+                raise ConfigurationError(f"{name} must be a positive number of seconds, "
+                                         f"got {value!r}")
+
+
+class OutboxRelay:
+    """Publishes what ``Outbox`` stored, after commit, with the broker's confirms.
+
+    ``transports`` gives the transport to publish with (``connector.publisher_transport`` of a
+    ``RabbitMqConnector`` or a ``MemoryBroker``). Run it with ``await relay.run()`` (until
+    ``stop()``), or ``start()`` it as a task beside a consumer.
+    """
+
+    def __init__(self, engine: AsyncEngine, transports: TransportSource,
+                 settings: RelaySettings | None = None) -> None:
+        if not isinstance(engine, AsyncEngine):
+            raise ConfigurationError("OutboxRelay needs a SQLAlchemy AsyncEngine "
+                                     "(create_async_engine('postgresql+asyncpg://...'))")
+        self.engine = engine
+        self.transports = transports
+        self.settings = settings or RelaySettings()
+        self.published = 0  # messages this relay published (copies after a crash included)
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._held = False  # the last batch left rows to a relay holding earlier ones
+
+    async def relay_once(self) -> int:
+        """Publish one batch of pending messages; return how many were published."""
+        self._held = False
+        async with self.engine.begin() as connection:
+            rows = (await connection.execute(_LOCK_BATCH, {"limit": self.settings.batch_size})).all()
+            if not rows:
+                return 0
+            rows = await self._in_order(connection, rows)
+            if not rows:
+                return 0
+            batch = [_outgoing(row) for row in rows]
+            await self._publish(rows, batch)
+            await connection.execute(_MARK_SENT, {"ids": [row.id for row in rows]})
+        self.published += len(rows)
+        return len(rows)
+
+    async def _in_order(self, connection: AsyncConnection, rows: Sequence[Any]) -> list[Any]:
+        mine: dict[int, int] = {}
+        for row in rows:
+            mine.setdefault(row.txid, row.id)
+        result = await connection.execute(_FIRST_PENDING, {"txids": list(mine)})
+        first: dict[int, int] = {int(txid): int(row_id) for txid, row_id in result.all()}
+        held = {txid for txid, row_id in mine.items() if first.get(txid, row_id) < row_id}
+        self._held = bool(held)
+        return [row for row in rows if row.txid not in held]
+
+    async def _publish(self, rows: Sequence[Any], batch: list[OutgoingMessage]) -> None:
+        transport = await self.transports()
+        sending = start_sending(batch)
+        try:
+            unroutable = await transport.publish(batch)
+        except BaseException as error:
+            if sending is not None:
+                sending.end(error)
+            raise
+        if sending is not None:
+            sending.end(None)
+        for index in unroutable:
+            row = rows[index]
+            # Marked sent all the same: publishing it again would reach no queue either.
+            log = logger.error if row.kind == "command" else logger.warning
+            log("outbox %s %s (%s) reached no queue", row.kind, row.message_type, row.routing_key)
+
+    async def cleanup(self) -> int:
+        """Delete sent rows older than the retention period; return how many went."""
+        deleted = 0
+        while True:
+            async with self.engine.begin() as connection:
+                result = await connection.execute(
+                    _DELETE_SENT, {"age": float(self.settings.retention), "limit": 10_000})
+            count = int(getattr(result, "rowcount", 0) or 0)
+            deleted += count
+            if count < 10_000:
+                return deleted
+
+    def wake(self) -> None:
+        """Look for pending messages now (as a NOTIFY does)."""
+        self._wake.set()
+
+    def start(self) -> asyncio.Task[None]:
+        """Run the relay as a task of the running loop."""
+        if self._task is None or self._task.done():
+            self._stop.clear()
+            self._task = asyncio.get_running_loop().create_task(self.run(), name="outbox-relay")
+        return self._task
+
+    async def stop(self) -> None:
+        """Stop the relay after its current batch."""
+        self._stop.set()
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+
+    async def run(self) -> None:
+        """Relay until ``stop()``: after each NOTIFY, each poll interval, and at start."""
+        delay = self.settings.retry_delay
+        while not self._stop.is_set():
+            try:
+                await self._listen_and_relay()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # database or broker gone: wait, then start over
+                logger.warning("outbox relay: %s: %s; retrying in %.1f s", type(error).__name__,
+                               error, delay)
+                await self._sleep(delay)
+                delay = min(delay * 2, self.settings.max_retry_delay)
+
+    async def _listen_and_relay(self) -> None:
+        async with self.engine.connect() as listening:
+            raw = await listening.get_raw_connection()
+            driver: Any = raw.driver_connection
+
+            def notified(*_: Any) -> None:
+                self._wake.set()
+
+            await driver.add_listener(CHANNEL, notified)
+            try:
+                await self._loop()
+            finally:
+                with contextlib.suppress(Exception):
+                    await driver.remove_listener(CHANNEL, notified)
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_cleanup = loop.time()
+        while not self._stop.is_set():
+            self._wake.clear()  # before the batch: a NOTIFY during it means look again
+            while not self._stop.is_set() and await self.relay_once() > 0:
+                pass
+            if loop.time() >= next_cleanup:
+                deleted = await self.cleanup()
+                if deleted:
+                    logger.info("outbox relay: deleted %d sent rows", deleted)
+                next_cleanup = loop.time() + self.settings.cleanup_interval
+            # Rows left to another relay come free at its commit, which notifies nobody.
+            await self._sleep(min(0.05, self.settings.poll_interval) if self._held
+                              else self.settings.poll_interval)
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+
+
+def _outgoing(row: Any) -> OutgoingMessage:
+    return OutgoingMessage(
+        exchange=row.exchange, routing_key=row.routing_key, body=bytes(row.body),
+        headers=dict(row.headers or {}), message_id=row.message_id, type=row.message_type,
+        timestamp=row.timestamp_s, correlation_id=row.correlation_id,
+    )
