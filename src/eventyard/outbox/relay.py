@@ -21,6 +21,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from eventyard.errors import ConfigurationError
+from eventyard.outbox.inbox import purge_inbox
 from eventyard.ports import OutgoingMessage, TransportSource
 from eventyard.publishing import start_sending
 
@@ -54,7 +55,10 @@ class RelaySettings:
     batch_size: int = 500
     poll_interval: float = 5.0  # seconds between polls when no NOTIFY comes
     retention: float = 7 * 24 * 3600.0  # seconds a sent row is kept (for inspection)
-    cleanup_interval: float = 60.0  # seconds between clean-ups of sent rows
+    cleanup_interval: float = 60.0  # seconds between clean-ups of sent rows (and inbox rows)
+    # Seconds an inbox row is kept (a copy arriving later runs its handler again); None: the
+    # relay leaves the inbox alone.
+    inbox_window: float | None = 7 * 24 * 3600.0
     retry_delay: float = 0.5  # first wait after a failed batch, doubling up to max_retry_delay
     max_retry_delay: float = 10.0
 
@@ -62,8 +66,10 @@ class RelaySettings:
         if not isinstance(self.batch_size, int) or not 1 <= self.batch_size <= 100_000:
             raise ConfigurationError(f"batch_size must be 1..100000, got {self.batch_size!r}")
         for name in ("poll_interval", "retention", "cleanup_interval", "retry_delay",
-                     "max_retry_delay"):
+                     "max_retry_delay", "inbox_window"):
             value = getattr(self, name)
+            if value is None and name == "inbox_window":
+                continue
             if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
                 raise ConfigurationError(f"{name} must be a positive number of seconds, "
                                          f"got {value!r}")
@@ -205,6 +211,10 @@ class OutboxRelay:
                 deleted = await self.cleanup()
                 if deleted:
                     logger.info("outbox relay: deleted %d sent rows", deleted)
+                if self.settings.inbox_window is not None:
+                    expired = await purge_inbox(self.engine, self.settings.inbox_window)
+                    if expired:
+                        logger.info("outbox relay: deleted %d expired inbox rows", expired)
                 next_cleanup = loop.time() + self.settings.cleanup_interval
             # Rows left to another relay come free at its commit, which notifies nobody.
             await self._sleep(min(0.05, self.settings.poll_interval) if self._held
