@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[rabbitmq,cli,dev,bench,interop,otel,prometheus,outbox]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[rabbitmq,cli,dev,bench,interop,otel,prometheus,outbox,console,browser]"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -30,6 +30,9 @@ test: lint
 	  rabbitmq-plugins -q enable rabbitmq_management >/dev/null 2>&1 || \
 	  echo "note: could not enable rabbitmq_management; the tests list the broker with rabbitmqctl"; \
 	fi
+	@# The console's browser tests drive Debian's Chromium (installed once; fast when present).
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium) || \
+	  echo "note: could not install chromium; the console's browser tests will fail"
 	$(BIN)/pytest tests $(ARGS)
 
 bench: $(STAMP)

@@ -45,7 +45,8 @@ app = typer.Typer(name="eventyard", help="Operate eventyard services on RabbitMQ
 app.add_typer(dlq.app, name="dlq")
 app.add_typer(topology.app, name="topology")
 
-OPTIONAL_GROUPS = {"chaos": "eventyard.cli.chaos"}
+OPTIONAL_GROUPS = {"chaos": "eventyard.cli.chaos", "console": "eventyard.cli.console",
+                   "outbox": "eventyard.cli.outbox"}
 
 AppArgument = Annotated[str, typer.Argument(help="module:attribute: a list of MessageSubscriber "
                                                  "or a callable returning one.")]
