@@ -1,0 +1,48 @@
+"""One three-node RabbitMQ cluster of throwaway nodes for the whole session (DESIGN §11).
+
+It is started by the first test that needs it (about 20 s on an idle two-core machine) and
+destroyed after the last; a test that killed a node leaves it down, and the ``cluster``
+fixture brings it back before the next test. The shared broker is never touched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from support.cluster import Cluster
+from support.rabbitnode import rabbitmq_installed
+
+
+@pytest.fixture(scope="session")
+def cluster_session() -> Iterator[Cluster]:
+    """The session's cluster, started once."""
+    if not rabbitmq_installed():
+        pytest.fail("cluster tests start three RabbitMQ nodes: install rabbitmq-server",
+                    pytrace=False)
+    cluster = Cluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+@pytest.fixture
+def cluster(cluster_session: Cluster) -> Cluster:
+    """The session's cluster with every node running (one a previous test killed restarts)."""
+    for node in cluster_session.nodes:
+        if not node.running:
+            node.start()
+    return cluster_session
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print the node-loss tests' counts (confirmed, handled, duplicates, lost)."""
+    from cluster.test_node_loss import REPORTED
+
+    if REPORTED:
+        terminalreporter.section("cluster node-loss counts")
+        for line in REPORTED:
+            terminalreporter.write_line(line)
