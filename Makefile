@@ -23,7 +23,8 @@ lint: $(STAMP)
 
 # The tests list what the broker holds through its management API (rabbitmqctl, far slower,
 # when it is off): enable the plugin on a local broker where we may (CI runs as root); the
-# tests fall back on rabbitmqctl where we may not.
+# tests fall back on rabbitmqctl where we may not. The second run repeats the RabbitMQ contract,
+# differential, fault and soak tests on aiormq's public API alone (the fast paths off).
 test: lint
 	@if command -v rabbitmq-plugins >/dev/null 2>&1 && ! $(BIN)/python -c \
 	  "import urllib.request as r; r.urlopen('http://localhost:15672/', timeout=2)" 2>/dev/null; then \
@@ -34,6 +35,8 @@ test: lint
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium) || \
 	  echo "note: could not install chromium; the console's browser tests will fail"
 	$(BIN)/pytest tests $(ARGS)
+	EVENTYARD_AMQP_FAST_PATHS=0 $(BIN)/pytest -m rabbitmq tests/contract tests/differential \
+	  tests/rabbitmq/test_faults.py tests/rabbitmq/test_chaos_soak.py $(ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks $(ARGS)

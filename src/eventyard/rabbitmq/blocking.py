@@ -16,7 +16,6 @@ import ssl
 import struct
 import threading
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 import pamqp.frame
@@ -34,6 +33,7 @@ from eventyard.errors import (
 )
 from eventyard.ports import OutgoingMessage
 from eventyard.rabbitmq.connecting import HandshakeRefused, connection_error, explain
+from eventyard.rabbitmq.properties import basic_properties
 from eventyard.rabbitmq.settings import ConnectionSettings
 
 _HEADER = struct.Struct(">BHI")
@@ -147,15 +147,9 @@ class BlockingPublisher:
             publish = self._publish_frames[key] = pamqp.frame.marshal(spec.Basic.Publish(
                 exchange=message.exchange, routing_key=message.routing_key, mandatory=True),
                 _CHANNEL)
-        properties = spec.Basic.Properties(
-            content_type=message.content_type, delivery_mode=2, message_id=message.message_id,
-            message_type=message.type,
-            timestamp=(datetime.fromtimestamp(message.timestamp, UTC)
-                       if message.timestamp is not None else None),
-            headers=message.headers or None)
         body, size = message.body, self._frame_max - 8
-        parts = [publish, pamqp.frame.marshal(ContentHeader(body_size=len(body),
-                                                            properties=properties), _CHANNEL)]
+        parts = [publish, pamqp.frame.marshal(ContentHeader(
+            body_size=len(body), properties=basic_properties(message)), _CHANNEL)]
         parts += [pamqp.frame.marshal(ContentBody(body[i:i + size]), _CHANNEL)
                   for i in range(0, len(body), size)]
         return b"".join(parts)

@@ -23,7 +23,8 @@ import aiormq.exceptions as amqp_errors
 from aiormq.abc import AbstractConnection
 
 from eventyard.errors import BrokerConnectionError, ConfigurationError
-from eventyard.rabbitmq.framing import buffered_frames
+from eventyard.rabbitmq.fastpaths import frame_streams
+from eventyard.rabbitmq.framing import BrokerAlarm
 from eventyard.rabbitmq.settings import ConnectionSettings
 
 _DOWN = ("Is the broker running? Check RABBITMQ_HOST / RABBITMQ_PORT (or the host and port in "
@@ -213,19 +214,24 @@ async def _diagnose_vhost(settings: ConnectionSettings, host: str, port: int) ->
     return refusal or HandshakeRefused("vhost", 0, "")
 
 
-async def open_connection(settings: ConnectionSettings, name: str) -> AbstractConnection:
-    """A connection to the first host that answers; ``BrokerConnectionError`` if none does."""
+async def open_connection(settings: ConnectionSettings, name: str,
+                          alarm: BrokerAlarm | None = None) -> AbstractConnection:
+    """A connection to the first host that answers; ``BrokerConnectionError`` if none does.
+
+    Its socket is eventyard's ``FrameStream`` (see ``framing``); ``alarm`` follows what the
+    broker says about blocking it.
+    """
     problems = []
+    streams = frame_streams(alarm or BrokerAlarm())
     context = settings.ssl_context()  # a bad CA or key file is a ConfigurationError, raised here
     for (host, port), entry in zip(settings.endpoints, settings.hosts, strict=True):
         extra: dict[str, Any] = (
             {"context": context, "server_hostname": settings.server_name(host)} if context else {})
         token = _OURS.set(True)
         try:
-            with buffered_frames():
-                return await asyncio.wait_for(
-                    aiormq.connect(settings.url(entry, name=name), **extra),
-                    settings.connect_timeout)
+            return await asyncio.wait_for(
+                aiormq.connect(settings.url(entry, name=name), transport_factory=streams, **extra),
+                settings.connect_timeout)
         except Exception as error:
             cause: BaseException = error
             if isinstance(error, amqp_errors.InvalidFrameError) and "Connection.OpenOk" in str(error):

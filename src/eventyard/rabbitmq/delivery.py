@@ -4,7 +4,9 @@ Acks are coalesced: ``Settlements`` remembers which delivery tags of a channel a
 hand and, every ``batch`` acks or ``FLUSH_SECONDS`` after the first unsent one, sends one
 ``basic.ack(multiple=True)`` for the run of settled tags below the oldest one still in hand,
 and single acks for settled tags above it. A tag is acked only after ``ack()`` was called for
-it, so the guarantee "ack after handling" holds; only the frames are fewer.
+it, so the guarantee "ack after handling" holds; only the frames are fewer. The frames go out
+in order through aiormq's ``basic_ack``/``basic_reject`` (``PublicSettler``), or straight into
+the connection's write queue with the fast paths on (``fastpaths.QueuedFrames``).
 """
 
 from __future__ import annotations
@@ -14,21 +16,73 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
-from aiormq.abc import ChannelFrame, DeliveredMessage
+from aiormq.abc import DeliveredMessage
 from pamqp import commands as spec
+
+from eventyard.rabbitmq import fastpaths
 
 logger = logging.getLogger(__name__)
 _EMPTY: Mapping[str, Any] = {}
 FLUSH_SECONDS = 0.002
 
 
+class _Sender(Protocol):
+    def send(self, frames: list[Any]) -> None: ...
+
+    async def drain(self, frames: list[Any]) -> None: ...
+
+
+class PublicSettler:
+    """Sends acks and rejects with aiormq's public ``basic_ack``/``basic_reject``, in order.
+
+    One task of the channel's own sends them one after the other, without waiting for the
+    socket except after the last one it has: once it is idle, every frame it sent is written.
+    """
+
+    __slots__ = ("_channel", "_pending", "_task")
+
+    def __init__(self, channel: Any) -> None:
+        self._channel = channel
+        self._pending: deque[Any] = deque()
+        self._task: asyncio.Task[None] | None = None
+
+    def send(self, frames: list[Any]) -> None:
+        """Send ``frames`` after every frame sent before."""
+        self._pending.extend(frames)
+        if self._task is None or self._task.done():
+            # aiormq ends the channel's tasks when it closes: none waits on a dead connection.
+            self._task = self._channel.create_task(self._run())
+            self._task.add_done_callback(_ignore_result)
+
+    async def drain(self, frames: list[Any]) -> None:
+        """Send ``frames`` and wait until they and every frame before them are written."""
+        if frames:
+            self.send(frames)
+        if self._task is not None and not self._task.done():
+            await asyncio.wait({self._task})
+
+    async def _run(self) -> None:
+        pending, channel = self._pending, self._channel
+        try:
+            while pending:
+                frame = pending.popleft()
+                if isinstance(frame, spec.Basic.Ack):
+                    await channel.basic_ack(frame.delivery_tag, multiple=frame.multiple,
+                                            wait=not pending)
+                else:
+                    await channel.basic_reject(frame.delivery_tag, requeue=frame.requeue,
+                                               wait=not pending)
+        except BaseException:
+            pending.clear()  # the channel is gone: its deliveries come back anyway
+            raise
+
+
 class Settlements:
     """The unsettled delivery tags of one consuming channel; sends their acks in batches."""
 
-    __slots__ = ("_channel", "_flush_at", "_loop", "_overflow", "_overflow_task", "_scheduled",
-                 "_settled", "in_hand")
+    __slots__ = ("_channel", "_flush_at", "_loop", "_scheduled", "_sender", "_settled", "in_hand")
 
     def __init__(self, channel: Any, batch: int) -> None:
         self._channel = channel
@@ -37,10 +91,8 @@ class Settlements:
         self.in_hand: set[int] = set()
         self._settled: list[int] = []
         self._scheduled = False
-        # Payloads waiting for room in a full write queue, written in order by one task: a
-        # later ack must never overtake an earlier reject of a tag it covers.
-        self._overflow: deque[ChannelFrame] = deque()
-        self._overflow_task: asyncio.Task[None] | None = None
+        self._sender: _Sender = (fastpaths.QueuedFrames(channel) if fastpaths.active()
+                                 else PublicSettler(channel))
 
     @property
     def is_closed(self) -> bool:
@@ -79,15 +131,9 @@ class Settlements:
         Called before the connection closes: aiormq drops frames still queued at that moment.
         """
         self._scheduled = False
-        channel = self._channel
-        if channel is None or channel.is_closed:
+        if self.is_closed:
             return
-        if self._overflow_task is not None and not self._overflow_task.done():
-            await asyncio.wait({self._overflow_task})  # earlier frames go out first
-        written: asyncio.Future[None] = self._loop.create_future()
-        await channel.write_queue.put(ChannelFrame.marshall(
-            channel_number=channel.number, frames=self._take_acks(), drain_future=written))
-        await written
+        await self._sender.drain(self._take_acks())
 
     def _take_acks(self) -> list[spec.Basic.Ack]:
         settled, self._settled = self._settled, []
@@ -105,34 +151,11 @@ class Settlements:
         return frames
 
     def _write(self, frames: list[Any]) -> None:
-        channel = self._channel
-        if channel is None or channel.is_closed:
+        if self.is_closed:
             logger.debug("%d settlement(s) lost with their channel; RabbitMQ redelivers",
                          len(frames))
             return
-        payload = ChannelFrame.marshall(channel_number=channel.number, frames=frames)
-        if not self._overflow:
-            try:
-                channel.write_queue.put_nowait(payload)
-                return
-            except asyncio.QueueFull:
-                pass
-        self._overflow.append(payload)
-        if len(self._overflow) == 1:
-            # A task of the channel's own: aiormq ends it when the channel or its connection
-            # closes, so a write queue that a dropped connection left full strands no task.
-            task = channel.create_task(self._write_overflow(channel))
-            task.add_done_callback(_ignore_result)
-            self._overflow_task = task
-
-    async def _write_overflow(self, channel: Any) -> None:
-        overflow = self._overflow
-        try:
-            while overflow:
-                await channel.write_queue.put(overflow[0])
-                overflow.popleft()
-        finally:
-            overflow.clear()  # the channel is gone: its deliveries come back anyway
+        self._sender.send(frames)
 
 
 def _ignore_result(task: asyncio.Task[Any]) -> None:

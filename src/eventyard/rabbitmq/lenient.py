@@ -1,19 +1,22 @@
-"""Reading the frames of a hostile message that the AMQP client's own parser rejects.
+"""Rewriting a hostile message's frame that the AMQP client cannot read into one it can.
 
 RabbitMQ passes on message properties and routing keys it does not check: a header name that
 is not UTF-8, a table nested thousands deep, a timestamp past the year 9999, a delivery mode of
-7, a routing key that is not UTF-8. pamqp raises on each, and a frame it cannot read ends the
-whole connection; the message comes back first on the next one, so the consumer would
-reconnect for ever. Here such a frame is read field by field with pamqp's public decoders: what
-cannot be read is left out and named in the ``UNREADABLE_PROPERTIES`` header, which makes the
-consumer dead-letter the message, body intact. Other frames are as unreadable as before.
+7, a routing key that is not UTF-8. pamqp raises on each, and a frame the client cannot read
+ends the whole connection; the message comes back first on the next one, so the consumer would
+reconnect for ever. Here such a frame is read field by field with pamqp's public decoders and
+written again with what could be read: a property that cannot be read (or written back) is
+left out and named in the ``UNREADABLE_PROPERTIES`` header, which makes the consumer dead-letter
+the message, body intact; a name that is not UTF-8 is read with U+FFFD for its bad bytes. Both
+of eventyard's frame readers (``framing``'s and the fast path's) use it, so a hostile message
+reads the same on both. Other frames are as unreadable as before.
 """
 
 from __future__ import annotations
 
 import struct
-from typing import Any
 
+import pamqp.frame
 from aiormq.exceptions import InvalidFrameError
 from pamqp import commands as spec
 from pamqp import decode
@@ -23,22 +26,31 @@ from eventyard.ports import UNREADABLE_PROPERTIES
 
 _FRAME = struct.Struct(">BHI")
 _METHOD, _HEADER = 1, 2
-_DELIVER = (60, 60)
+_DELIVER = struct.pack(">HH", 60, 60)
+_FRAME_END = b"\xce"
 _REASON_LIMIT = 300
 
 
-def unmarshal_leniently(raw: bytes, error: BaseException) -> tuple[int, int, Any]:
-    """``pamqp.frame.unmarshal(raw)`` for a frame it failed on with ``error``, read leniently.
+def worth_checking(frame: bytes) -> bool:
+    """True for the frames this module can rewrite: content headers and deliveries."""
+    kind = frame[0]
+    return kind == _HEADER or (kind == _METHOD and frame[7:11] == _DELIVER)
 
-    Raise ``InvalidFrameError`` for a frame that is not a message's content header or delivery.
+
+def repair(frame: bytes, error: BaseException) -> bytes:
+    """``frame``, which pamqp failed to read with ``error``, rewritten so that pamqp reads it.
+
+    Raise ``InvalidFrameError`` for a frame that is not a message's content header or delivery,
+    or one cut short.
     """
     try:
-        frame_type, channel, size = _FRAME.unpack_from(raw)
-        payload = raw[7:7 + size]
-        if frame_type == _HEADER:
-            return 8 + size, channel, _content_header(payload)
-        if frame_type == _METHOD and struct.unpack_from(">HH", payload) == _DELIVER:
-            return 8 + size, channel, _deliver(payload[4:])
+        kind, channel, size = _FRAME.unpack_from(frame)
+        payload = frame[7:7 + size]
+        if len(payload) == size:
+            if kind == _HEADER:
+                return pamqp.frame.marshal(_content_header(payload), channel)
+            if kind == _METHOD and payload[:4] == _DELIVER:
+                return _frame(_METHOD, channel, _DELIVER + _deliver(payload[4:]))
     except (struct.error, IndexError, ValueError):
         pass  # truncated beyond repair: as unreadable as pamqp found it
     raise InvalidFrameError(f"cannot read a frame from RabbitMQ: {error}") from error
@@ -57,10 +69,10 @@ def _content_header(payload: bytes) -> ContentHeader:
     properties = spec.Basic.Properties()
     problems: list[str] = []
     data = payload[offset:]
-    for name in spec.Basic.Properties.__slots__:
+    for name in spec.Basic.Properties.attributes():
         if not flags & spec.Basic.Properties.flags[name]:
             continue
-        kind = getattr(spec.Basic.Properties, "_" + name)
+        kind = spec.Basic.Properties.amqp_type(name)
         size = _field_size(kind, data)
         if size > len(data):
             raise ValueError("content header properties are truncated")
@@ -70,6 +82,7 @@ def _content_header(payload: bytes) -> ContentHeader:
                 raise ValueError(f"delivery mode {value!r} is neither 1 nor 2")
             if name == "cluster_id" and value:
                 raise ValueError("cluster_id must be empty")
+            properties.encode_property(name, value)  # what cannot be written back is unreadable too
             setattr(properties, name, value)
         except Exception as failure:  # RecursionError included: a table nested too deep
             problems.append(f"{name}: {type(failure).__name__}: {failure}")
@@ -93,17 +106,14 @@ def _field_size(kind: str, data: bytes) -> int:
     raise ValueError(f"unexpected property type {kind}")
 
 
-def _deliver(arguments: bytes) -> Any:
+def _deliver(arguments: bytes) -> bytes:
+    """The arguments of a ``basic.deliver``, every name in valid UTF-8."""
     consumer_tag, offset = _short_text(arguments, 0)
-    (delivery_tag,) = struct.unpack_from(">Q", arguments, offset)
-    redelivered = bool(arguments[offset + 8] & 1)
+    delivery_tag, flags = struct.unpack_from(">QB", arguments, offset)
     exchange, offset = _short_text(arguments, offset + 9)
     routing_key, _ = _short_text(arguments, offset)
-    # Built without pamqp's check of the exchange name: RabbitMQ allows names it refuses.
-    frame: Any = spec.Basic.Deliver.__new__(spec.Basic.Deliver)
-    frame.consumer_tag, frame.delivery_tag, frame.redelivered = consumer_tag, delivery_tag, redelivered
-    frame.exchange, frame.routing_key = exchange, routing_key
-    return frame
+    return (_short(consumer_tag) + struct.pack(">QB", delivery_tag, flags & 1) + _short(exchange)
+            + _short(routing_key))
 
 
 def _short_text(data: bytes, offset: int) -> tuple[str, int]:
@@ -112,3 +122,13 @@ def _short_text(data: bytes, offset: int) -> tuple[str, int]:
     if len(raw) < length:
         raise ValueError("short string is truncated")
     return raw.decode("utf-8", "replace"), offset + 1 + length
+
+
+def _short(text: str) -> bytes:
+    # Each bad byte became three (U+FFFD): cut to a short string's 255 bytes, on a character.
+    data = text.encode()[:255].decode("utf-8", "ignore").encode()
+    return bytes([len(data)]) + data
+
+
+def _frame(kind: int, channel: int, payload: bytes) -> bytes:
+    return _FRAME.pack(kind, channel, len(payload)) + payload + _FRAME_END

@@ -12,13 +12,11 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, datetime
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import aiormq.exceptions as amqp_errors
 from aiormq.abc import AbstractChannel, AbstractConnection, DeliveredMessage
-from pamqp import commands as spec
 
 from eventyard import naming
 from eventyard.errors import (
@@ -30,11 +28,13 @@ from eventyard.errors import (
 )
 from eventyard.headers import DEFAULT_FRAME_MAX
 from eventyard.ports import DeliveryCallback, OutgoingMessage
+from eventyard.rabbitmq import fastpaths
 from eventyard.rabbitmq.blocking import timeout_error
 from eventyard.rabbitmq.connecting import open_connection, scrub
 from eventyard.rabbitmq.delivery import RabbitMqDelivery, Settlements
+from eventyard.rabbitmq.framing import BrokerAlarm
 from eventyard.rabbitmq.inspection import reply_text
-from eventyard.rabbitmq.pipelining import can_pipeline, publish_pipelined
+from eventyard.rabbitmq.pipelining import publish_confirmed
 from eventyard.rabbitmq.settings import ConnectionSettings
 from eventyard.topology import Topology
 
@@ -65,7 +65,7 @@ class RabbitMqTransport:
         self._reconnecting: asyncio.Task[None] | None = None
         self._channel_lock = asyncio.Lock()
         self.reconnections = 0
-        self.blocked: str | None = None  # the reason of the broker's connection.blocked, if any
+        self._alarm = self._next_alarm = BrokerAlarm()  # what the broker said of blocking
 
     # -- connecting ---------------------------------------------------------------------------
 
@@ -74,7 +74,8 @@ class RabbitMqTransport:
         await self._setup(await self._open_connection())
 
     async def _open_connection(self) -> AbstractConnection:
-        return await open_connection(self.settings, self.name)
+        self._next_alarm = BrokerAlarm()
+        return await open_connection(self.settings, self.name, self._next_alarm)
 
     async def _setup(self, connection: AbstractConnection) -> None:
         try:
@@ -88,8 +89,7 @@ class RabbitMqTransport:
                 await connection.close()
             raise
         self._connection, self._channel = connection, channel
-        self.blocked = None
-        _watch_blocked(connection, self._on_blocked)
+        self._alarm = self._next_alarm
         connection.closing.add_done_callback(self._on_connection_closed)
         self._ready.set()
 
@@ -203,9 +203,10 @@ class RabbitMqTransport:
 
     # -- publishing ---------------------------------------------------------------------------
 
-    def _on_blocked(self, connection: AbstractConnection, reason: str | None) -> None:
-        if connection is self._connection:
-            self.blocked = reason
+    @property
+    def blocked(self) -> str | None:
+        """The reason the broker gave for blocking the connection (an alarm), if it does."""
+        return self._alarm.reason
 
     async def publish(self, messages: Sequence[OutgoingMessage]) -> list[int]:
         """Publish all of ``messages`` with confirms, many in flight; return unroutable indexes.
@@ -226,47 +227,17 @@ class RabbitMqTransport:
 
     async def _publish(self, messages: Sequence[OutgoingMessage]) -> list[int]:
         channel = await self._publish_channel()
-        if can_pipeline(channel):
-            results = await publish_pipelined(channel, messages, self.publish_window)
-            for message, result in zip(messages, results, strict=True):
-                if isinstance(result, BaseException):
-                    with _publish_errors(message):
-                        if isinstance(result, asyncio.CancelledError):  # its channel went away
-                            raise ConnectionError("publish channel closed") from result
-                        raise result
-        elif len(messages) == 1:
-            results = [await self._publish_one(channel, messages[0])]
-        else:
-            window = asyncio.Semaphore(self.publish_window)
-
-            async def windowed(message: OutgoingMessage) -> Any:
-                async with window:
-                    return await self._publish_one(channel, message)
-
-            results = list(await asyncio.gather(*(windowed(m) for m in messages),
-                                                return_exceptions=True))
+        results = await publish_confirmed(channel, messages, self.publish_window)
         unroutable = []
-        for index, result in enumerate(results):
+        for index, (message, result) in enumerate(zip(messages, results, strict=True)):
             if isinstance(result, BaseException):
-                raise result
+                with _publish_errors(message):
+                    if isinstance(result, asyncio.CancelledError):  # its channel went away
+                        raise ConnectionError("publish channel closed") from result
+                    raise result
             if isinstance(result, DeliveredMessage):
                 unroutable.append(index)
         return unroutable
-
-    async def _publish_one(self, channel: AbstractChannel, message: OutgoingMessage) -> Any:
-        properties = spec.Basic.Properties(
-            content_type=message.content_type,
-            delivery_mode=2,
-            message_id=message.message_id,
-            message_type=message.type,
-            timestamp=(datetime.fromtimestamp(message.timestamp, UTC)
-                       if message.timestamp is not None else None),
-            headers=message.headers or None,
-        )
-        with _publish_errors(message):
-            return await channel.basic_publish(message.body, exchange=message.exchange,
-                                               routing_key=message.routing_key,
-                                               properties=properties, mandatory=True)
 
     # -- consuming ----------------------------------------------------------------------------
 
@@ -319,32 +290,6 @@ class RabbitMqTransport:
         return value if isinstance(value, int) and value >= 0 else DEFAULT_FRAME_MAX
 
 
-def _watch_blocked(connection: AbstractConnection,
-                   on_change: Callable[[AbstractConnection, str | None], None]) -> None:
-    """Tell ``on_change`` when the broker blocks ``connection`` (an alarm) and unblocks it.
-
-    aiormq notes ``connection.blocked`` only in a log line; its handlers are wrapped here so a
-    publish that times out can name the alarm. Without them (another aiormq) the timeout
-    error just cannot name it.
-    """
-    target: Any = connection
-    on_blocked = getattr(target, "_Connection__handle_connection_blocked", None)
-    on_unblocked = getattr(target, "_Connection__handle_connection_unblocked", None)
-    if on_blocked is None or on_unblocked is None:
-        return
-
-    async def blocked(frame: spec.Connection.Blocked) -> None:
-        on_change(connection, str(frame.reason or "no reason given"))
-        await on_blocked(frame)
-
-    async def unblocked(frame: spec.Connection.Unblocked) -> None:
-        on_change(connection, None)
-        await on_unblocked(frame)
-
-    target._Connection__handle_connection_blocked = blocked
-    target._Connection__handle_connection_unblocked = unblocked
-
-
 @contextlib.contextmanager
 def _publish_errors(message: OutgoingMessage) -> Iterator[None]:
     """Turn the client's publish errors into eventyard's."""
@@ -394,7 +339,8 @@ class _Consumption:
         settlements = Settlements(channel, self.prefetch // 4)
         self.transport._settlements = [s for s in self.transport._settlements if not s.is_closed]
         self.transport._settlements.append(settlements)
-        _deliver_directly(channel, lambda message: self._push(message, settlements))
+        if fastpaths.active():
+            fastpaths.deliver_directly(channel, lambda message: self._push(message, settlements))
         try:
             ok = await channel.basic_consume(
                 self.queue, lambda message: self._on_message(message, settlements))
@@ -404,9 +350,7 @@ class _Consumption:
                 "(RabbitMqMessageConfigurer.configure_subscribers) before consuming") from None
         self.channel, self.settlements, self.consumer_tag = channel, settlements, str(ok.consumer_tag)
         channel.closing.add_done_callback(lambda closing: self._on_channel_closed(channel, closing))
-        cancel_callbacks = getattr(channel, "on_consumer_cancel_callbacks", None)
-        if cancel_callbacks is not None:
-            cancel_callbacks.add(lambda frame: self._on_broker_cancel(channel))
+        channel.on_consumer_cancel_callbacks.add(lambda frame: self._on_broker_cancel(channel))
         if self._pump is None or self._pump.done():
             self._pump = asyncio.get_running_loop().create_task(self._run_pump())
 
@@ -448,7 +392,7 @@ class _Consumption:
                                self.queue)
 
     async def _on_message(self, message: DeliveredMessage, settlements: Settlements) -> None:
-        # Only used when the channel's frame reader could not be hooked (another aiormq).
+        # aiormq's public path: a task per message, each pushing in the order they arrived.
         self._push(message, settlements)
 
     def _push(self, message: DeliveredMessage, settlements: Settlements) -> None:
@@ -502,23 +446,3 @@ class _Consumption:
             self._reattaching.cancel()
         self._buffer.append(None)
         self._wake()
-
-
-def _deliver_directly(channel: AbstractChannel, push: Callable[[DeliveredMessage], None]) -> None:
-    """Have ``channel``'s frame reader hand each delivery to ``push`` without a task per message.
-
-    aiormq runs every consumer callback as a new task; at thousands of messages a second that
-    task costs more than the rest of the delivery. This reads the delivery's content the way
-    aiormq does and calls ``push`` inline. When the aiormq in use lacks these internals the
-    channel keeps its own path (the consumer callback), which is slower but equivalent.
-    """
-    read_header = getattr(channel, "_Channel__get_content_header", None)
-    read_content = getattr(channel, "_read_content", None)
-    if read_header is None or read_content is None or not hasattr(channel, "_on_deliver_frame"):
-        return
-
-    async def on_deliver_frame(frame: spec.Basic.Deliver) -> None:
-        header = await read_header()
-        push(await read_content(frame, header))
-
-    channel._on_deliver_frame = on_deliver_frame
