@@ -127,3 +127,25 @@ def test_message_view_shows_body_headers_and_failure(console: Served) -> None:
     assert missing[0] == 200 and 'id="message-gone"' in missing[1]
     assert bad[0] == 400 and "dead-letter queue" in bad[1]
     assert service.count(service.dead_letter_queue) == 1
+
+
+def test_topology_lists_the_service_exchanges_queues_and_bindings(console: Served) -> None:
+    service = console.service
+    service.configure()
+
+    status, page = Browser(console.url).get("/topology?" + urlencode({"org": service.org,
+                                                                      "svc": "registration"}))
+    bad_status, bad = Browser(console.url).get("/topology?" + urlencode({"org": "a b", "svc": "x"}))
+
+    assert status == 200
+    exchanges = page.split('id="exchanges"')[1].split("</table>")[0]
+    queues = page.split('id="queues"')[1].split("</table>")[0]
+    bindings = page.split('id="bindings"')[1].split("</table>")[0]
+    for name in (f"{service.org}.registration", f"retry.{service.org}.registration",
+                 f"dead_letter.{service.org}.registration"):
+        assert f">{name}<" in exchanges
+    for name in (service.queue, service.retry_queue, service.dead_letter_queue):
+        assert f">{name}<" in queues
+    assert f">{service.org}.registration.1.event.user_created<" in bindings
+    assert f">retry.{service.queue}<" in bindings and f">dead_letter.{service.queue}<" in bindings
+    assert bad_status == 400 and "organization" in bad

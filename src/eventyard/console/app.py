@@ -9,6 +9,7 @@ cookies are HttpOnly and SameSite=Strict; pages show the broker without its pass
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import re
@@ -31,7 +32,7 @@ from eventyard.errors import ConfigurationError, EventyardError, ManagementApiEr
 from eventyard.rabbitmq import dead_letters
 from eventyard.rabbitmq.dead_letters import DeadLetter, Report, Selection
 from eventyard.rabbitmq.inspection import connect
-from eventyard.rabbitmq.management import discover_dead_letter_queues
+from eventyard.rabbitmq.management import discover_dead_letter_queues, service_topology
 from eventyard.rabbitmq.settings import ConnectionSettings
 
 HERE = Path(__file__).parent
@@ -151,9 +152,9 @@ class Console:
         """The dead-letter queues shown, and a note when the management API could not list them."""
         if self.config.queues:
             return list(self.config.queues), ""
-        try:
-            return discover_dead_letter_queues(self.config.settings, self.config.org,
-                                               self.config.svc), ""
+        try:  # urllib blocks: off the event loop
+            return await asyncio.to_thread(discover_dead_letter_queues, self.config.settings,
+                                           self.config.org, self.config.svc), ""
         except ManagementApiError as error:
             return [], (f"{error}. Start the console with --queue to name dead-letter queues "
                         "without the management API.")
@@ -251,6 +252,14 @@ def create_app(config: ConsoleConfig) -> Starlette:
                               body=body, frame=failure_frame(letter.failure.stack) if letter else "",
                               headers=dead_letters.jsonable(dict(letter.headers)) if letter else {})
 
+    async def topology_page(request: Request) -> Response:
+        org = request.query_params.get("org", config.org or "")
+        svc = request.query_params.get("svc", config.svc or "")
+        found = None
+        if org and svc:
+            found = await asyncio.to_thread(service_topology, config.settings, org, svc)
+        return console.render(request, "topology.html", org=org, svc=svc, topology=found)
+
     async def login(request: Request) -> Response:
         form = await _form(request)
         target = _first(form, "next")
@@ -301,6 +310,7 @@ def create_app(config: ConsoleConfig) -> Starlette:
         Route("/", guarded(overview)),
         Route("/groups/{key}", guarded(group_page)),
         Route("/message", guarded(message_page)),
+        Route("/topology", guarded(topology_page)),
         Route("/login", guarded(login), methods=["POST"]),
         Route("/logout", guarded(logout), methods=["POST"]),
         Route("/retry", guarded(action("retry")), methods=["POST"]),

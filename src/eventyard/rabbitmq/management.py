@@ -136,3 +136,51 @@ def discover_dead_letter_queues(settings: ConnectionSettings, org: str | None = 
     api = ManagementApi.of(settings)
     names = api.queue_names()
     return select_dead_letter_queues(names, api.bindings() if org is not None else (), org, svc)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueRow:
+    """A queue as the management API last sampled it (counts may be a few seconds old)."""
+
+    name: str
+    type: str
+    ready: int
+    unacked: int
+    consumers: int
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceTopology:
+    """What the broker holds for one service: its exchanges, queues and their bindings."""
+
+    exchanges: list[tuple[str, str]]
+    queues: list[QueueRow]
+    bindings: list[tuple[str, str, str]]
+
+
+def service_topology(settings: ConnectionSettings, org: str, svc: str) -> ServiceTopology:
+    """The exchanges, queues and bindings of ``org.svc`` on the settings' vhost.
+
+    The service's exchanges are those its names give (main, retry, dead-letter, delay, and the
+    organisation's store exchanges); its queues are those bound to them, plus those named after
+    it that no binding reaches.
+    """
+    naming.check_word(org, "organization")
+    naming.check_word(svc, "service")
+    api = ManagementApi.of(settings)
+    vhost = quote(settings.vhost, safe="")
+    ours = {naming.exchange(org, svc), naming.retry_exchange(org, svc),
+            naming.dead_letter_exchange(org, svc), naming.delay_exchange(org, svc),
+            naming.store_retry_exchange(org), naming.store_dead_letter_exchange(org)}
+    exchanges = sorted((str(row["name"]), str(row.get("type", "")))
+                       for row in api.get(f"exchanges/{vhost}?columns=name,type") if row["name"] in ours)
+    bindings = sorted((str(b["source"]), str(b["destination"]), str(b.get("routing_key", "")))
+                      for b in api.bindings()
+                      if b.get("source") in ours and b.get("destination_type") == "queue")
+    bound = {destination for _, destination, _ in bindings}
+    prefixes = tuple(f"{p}{org}.{svc}." for p in ("", "retry.", "dead_letter.", "delay."))
+    rows = api.get(f"queues/{vhost}?columns=name,type,messages_ready,messages_unacknowledged,consumers")
+    queues = [QueueRow(str(r["name"]), str(r.get("type", "")), int(r.get("messages_ready") or 0),
+                       int(r.get("messages_unacknowledged") or 0), int(r.get("consumers") or 0))
+              for r in rows if r["name"] in bound or str(r["name"]).startswith(prefixes)]
+    return ServiceTopology(exchanges, sorted(queues, key=lambda q: q.name), bindings)
