@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from support import names
 from support.cluster import Cluster
 from support.rabbitnode import rabbitmq_installed
 
@@ -36,6 +37,17 @@ def cluster(cluster_session: Cluster) -> Cluster:
         if not node.running:
             node.start()
     return cluster_session
+
+
+@pytest.fixture
+def vhost(cluster: Cluster) -> Iterator[str]:
+    """A vhost of this test's own on the cluster, deleted at the end."""
+    name = names.unique()
+    node = cluster.alive()[0]
+    node.ctl("add_vhost", name)
+    node.ctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+    yield name
+    cluster.alive()[0].ctl("delete_vhost", name)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

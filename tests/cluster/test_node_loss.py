@@ -12,7 +12,7 @@ import json
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
@@ -27,7 +27,6 @@ from eventyard.rabbitmq import (
 )
 from eventyard.rabbitmq.transport import RabbitMqTransport
 from eventyard.topology import TopologyOptions
-from support import names
 from support.cluster import Cluster, ClusterNode
 from support.waiting import wait_until
 
@@ -118,16 +117,6 @@ def queue_leader(cluster: Cluster, vhost: str, queue: str) -> str:
     row = next(r for r in rows if r["name"] == queue)
     assert row["type"] == "quorum" and len(row["members"]) == 3, row
     return str(row["leader"])
-
-
-@pytest.fixture
-def vhost(cluster: Cluster) -> Iterator[str]:
-    """A vhost of this test's own on the cluster (deleted at the end)."""
-    name = names.unique()
-    cluster.alive()[0].ctl("add_vhost", name)
-    cluster.alive()[0].ctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
-    yield name
-    cluster.alive()[0].ctl("delete_vhost", name)
 
 
 def on_vhost(url: str, vhost: str) -> str:

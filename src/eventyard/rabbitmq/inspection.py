@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal
@@ -132,8 +133,43 @@ async def _check_queue(connection: AbstractConnection, spec: QueueSpec) -> Diffe
             await channel.queue_declare(spec.name, durable=spec.durable,
                                         arguments=dict(spec.arguments))
         except amqp_errors.ChannelClosed as error:
-            return Difference("queue", spec.name, "mismatch", reply_text(error))
-    return None
+            detail = reply_text(error)
+        else:
+            return None
+    type_text = await _wrong_type(connection, spec, detail)
+    if type_text:
+        expected = spec.arguments.get("x-queue-type", "classic")
+        detail = (f"not a {expected} queue, as configured ({type_text}); a queue cannot change "
+                  "type: move its messages to a new queue (docs/cluster.md)")
+    return Difference("queue", spec.name, "mismatch", detail)
+
+
+_ABSENT = re.compile(r"inequivalent arg '([^']+)' .* but current is none$")
+
+
+async def _wrong_type(connection: AbstractConnection, spec: QueueSpec, detail: str) -> str:
+    """RabbitMQ's words if the queue is of another type than ``spec``'s, else ''.
+
+    RabbitMQ names one differing argument per refusal and checks the type late, so arguments
+    the queue does not have (a classic queue lacks the quorum ones) are left out one at a time
+    until the type, or an argument the queue holds otherwise, is named.
+    """
+    arguments = dict(spec.arguments)
+    for _ in range(len(arguments)):
+        if "'x-queue-type'" in detail:
+            return detail
+        absent = _ABSENT.search(detail)
+        if absent is None or absent.group(1) not in arguments:
+            return ""
+        del arguments[absent.group(1)]
+        async with throwaway_channel(connection) as channel:
+            try:
+                await channel.queue_declare(spec.name, durable=spec.durable, arguments=arguments)
+            except amqp_errors.ChannelClosed as error:
+                detail = reply_text(error)
+            else:
+                return ""
+    return detail if "'x-queue-type'" in detail else ""
 
 
 async def verify_topology(connection: AbstractConnection, topology: Topology) -> VerifyReport:
