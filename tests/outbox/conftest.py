@@ -74,7 +74,7 @@ def database() -> Iterator[Database]:
 
 @pytest.fixture
 async def engine(database: Database) -> AsyncIterator[AsyncEngine]:
-    created = create_async_engine(database.async_url)
+    created = create_async_engine(database.async_url, pool_pre_ping=True)
     await apply_schema_async(created)
     try:
         yield created

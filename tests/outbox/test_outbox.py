@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 
+import psycopg
 import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -17,7 +18,7 @@ from eventyard import Command, ConfigurationError, InvalidMessageError
 from eventyard.memory import MemoryBroker
 from eventyard.outbox import Outbox, OutboxRelay, RelaySettings, apply_schema_async, pending_count
 
-from .conftest import OrderPlaced, eventually
+from .conftest import SERVER, Database, OrderPlaced, eventually
 
 OUTBOX = Outbox("acme", "shop")
 
@@ -190,3 +191,32 @@ def test_importing_the_outbox_without_the_extra_says_how_to_install_it() -> None
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "pip install 'eventyard[outbox]'" in done.stdout
+
+
+async def test_the_relay_survives_its_database_connections_being_killed(
+        engine: AsyncEngine, database: Database, broker: MemoryBroker) -> None:
+    relay = OutboxRelay(engine, broker.publisher_transport,
+                        RelaySettings(poll_interval=60, retry_delay=0.05))
+    relay.start()
+    try:
+        async with async_sessionmaker(engine)() as session, session.begin():
+            OUTBOX.publish(session, OrderPlaced(order=1))
+        await eventually(lambda: broker.message_count("store") == 1, 5, "the first event")
+        killed = await asyncio.to_thread(_terminate_backends, database)
+        assert killed >= 1  # the LISTEN connection at least
+        await eventually(lambda: relay.failures >= 1, 5, "the relay to notice")
+        async with async_sessionmaker(engine)() as session, session.begin():
+            OUTBOX.publish(session, OrderPlaced(order=2))
+        # Woken by NOTIFY again (the poll is 60 s away): it listens on a new connection.
+        await eventually(lambda: broker.message_count("store") == 2, 5, "the second event")
+    finally:
+        await relay.stop()
+    assert stored_orders(broker) == [(0, 1), (0, 2)]
+
+
+def _terminate_backends(database: Database) -> int:
+    with psycopg.connect(f"{SERVER}/postgres", autocommit=True) as connection:
+        rows = connection.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
+            "AND pid <> pg_backend_pid()", (database.name,)).fetchall()
+    return len(rows)

@@ -38,7 +38,7 @@ def _engine(url: str) -> tuple[AsyncEngine, str]:
         fail(f"--db must be a PostgreSQL URL, not {parsed.get_backend_name()}")
     parsed = parsed.set(drivername="postgresql+asyncpg")
     shown = parsed.set(drivername="postgresql").render_as_string(hide_password=True)
-    return create_async_engine(parsed), shown
+    return create_async_engine(parsed, pool_pre_ping=True), shown
 
 
 @app.command()

@@ -35,11 +35,12 @@ _LOCK_BATCH = text(
     "headers, body, timestamp_s FROM eventyard_outbox WHERE sent_at IS NULL "
     "ORDER BY id LIMIT :limit FOR UPDATE SKIP LOCKED"
 )
-# The first pending row of each of the batch's transactions: when another relay holds an
-# earlier row of a transaction, this relay leaves that transaction's rows alone (its order).
-_FIRST_PENDING = text(
-    "SELECT txid, min(id) FROM eventyard_outbox WHERE sent_at IS NULL AND txid = ANY(:txids) "
-    "GROUP BY txid"
+# The pending rows of the batch's transactions up to the batch's last row: a relay publishes,
+# of each transaction, only its rows that come first among these with no row missing between
+# them (another relay holds the missing ones), so one transaction's messages keep their order.
+_PENDING_OF = text(
+    "SELECT txid, id FROM eventyard_outbox WHERE sent_at IS NULL AND txid = ANY(:txids) "
+    "AND id <= :last ORDER BY id"
 )
 _MARK_SENT = text("UPDATE eventyard_outbox SET sent_at = now() WHERE id = ANY(:ids)")
 _DELETE_SENT = text(
@@ -80,7 +81,8 @@ class OutboxRelay:
 
     ``transports`` gives the transport to publish with (``connector.publisher_transport`` of a
     ``RabbitMqConnector`` or a ``MemoryBroker``). Run it with ``await relay.run()`` (until
-    ``stop()``), or ``start()`` it as a task beside a consumer.
+    ``stop()``), or ``start()`` it as a task beside a consumer. Create the engine with
+    ``pool_pre_ping=True``: after a database restart, pooled connections are dead.
     """
 
     def __init__(self, engine: AsyncEngine, transports: TransportSource,
@@ -96,6 +98,9 @@ class OutboxRelay:
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._held = False  # the last batch left rows to a relay holding earlier ones
+        self._listening = False
+        self._failures = 0  # in a row: the next retry's delay doubles with each
+        self.failures = 0  # failed batches and lost connections, in all
 
     async def relay_once(self) -> int:
         """Publish one batch of pending messages; return how many were published."""
@@ -114,14 +119,22 @@ class OutboxRelay:
         return len(rows)
 
     async def _in_order(self, connection: AsyncConnection, rows: Sequence[Any]) -> list[Any]:
-        mine: dict[int, int] = {}
+        mine: dict[int, list[int]] = {}
         for row in rows:
-            mine.setdefault(row.txid, row.id)
-        result = await connection.execute(_FIRST_PENDING, {"txids": list(mine)})
-        first: dict[int, int] = {int(txid): int(row_id) for txid, row_id in result.all()}
-        held = {txid for txid, row_id in mine.items() if first.get(txid, row_id) < row_id}
-        self._held = bool(held)
-        return [row for row in rows if row.txid not in held]
+            mine.setdefault(row.txid, []).append(row.id)
+        result = await connection.execute(_PENDING_OF, {"txids": list(mine), "last": rows[-1].id})
+        pending: dict[int, list[int]] = {}
+        for txid, row_id in result.all():
+            pending.setdefault(int(txid), []).append(int(row_id))
+        ready: set[int] = set()
+        for txid, ids in mine.items():
+            # The longest run of this relay's rows that starts at the transaction's first pending.
+            for held, first in zip(ids, pending.get(txid, []), strict=False):
+                if held != first:
+                    break
+                ready.add(held)
+        self._held = len(ready) < len(rows)
+        return [row for row in rows if row.id in ready]
 
     async def _publish(self, rows: Sequence[Any], batch: list[OutgoingMessage]) -> None:
         transport = await self.transports()
@@ -172,7 +185,6 @@ class OutboxRelay:
 
     async def run(self) -> None:
         """Relay until ``stop()``: after each NOTIFY, each poll interval, and at start."""
-        delay = self.settings.retry_delay
         while not self._stop.is_set():
             try:
                 await self._listen_and_relay()
@@ -180,10 +192,13 @@ class OutboxRelay:
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # database or broker gone: wait, then start over
-                logger.warning("outbox relay: %s: %s; retrying in %.1f s", type(error).__name__,
+                delay = min(self.settings.retry_delay * 2 ** min(self._failures, 30),
+                            self.settings.max_retry_delay)
+                self._failures += 1
+                self.failures += 1
+                logger.warning("outbox relay: %s: %s; retrying in %.2f s", type(error).__name__,
                                error, delay)
                 await self._sleep(delay)
-                delay = min(delay * 2, self.settings.max_retry_delay)
 
     async def _listen_and_relay(self) -> None:
         async with self.engine.connect() as listening:
@@ -193,20 +208,33 @@ class OutboxRelay:
             def notified(*_: Any) -> None:
                 self._wake.set()
 
+            def terminated(*_: Any) -> None:
+                self._listening = False
+                self._wake.set()
+
             await driver.add_listener(CHANNEL, notified)
+            driver.add_termination_listener(terminated)
+            self._listening = True
             try:
                 await self._loop()
             finally:
                 with contextlib.suppress(Exception):
+                    driver.remove_termination_listener(terminated)
                     await driver.remove_listener(CHANNEL, notified)
+                if not self._listening:  # never back into the pool
+                    with contextlib.suppress(Exception):
+                        await listening.invalidate()
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         next_cleanup = loop.time()
         while not self._stop.is_set():
+            if not self._listening:  # no NOTIFY would come: listen again on a new connection
+                raise ConnectionError("the connection listening for NOTIFY was lost")
             self._wake.clear()  # before the batch: a NOTIFY during it means look again
             while not self._stop.is_set() and await self.relay_once() > 0:
                 pass
+            self._failures = 0
             if loop.time() >= next_cleanup:
                 deleted = await self.cleanup()
                 if deleted:
