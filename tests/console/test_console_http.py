@@ -149,3 +149,9 @@ def test_topology_lists_the_service_exchanges_queues_and_bindings(console: Serve
     assert f">{service.org}.registration.1.event.user_created<" in bindings
     assert f">retry.{service.queue}<" in bindings and f">dead_letter.{service.queue}<" in bindings
     assert bad_status == 400 and "organization" in bad
+
+
+def test_without_an_application_there_is_no_asyncapi_document(console: Served) -> None:
+    status, page = Browser(console.url).get("/asyncapi.json")
+
+    assert status == 400 and "start the console with --app" in page

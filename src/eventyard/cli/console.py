@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from eventyard import naming
-from eventyard.cli.common import StoreQueue, Url, err, fail, settings
+from eventyard.cli.common import StoreQueue, Url, err, fail, load_subscribers, settings
 from eventyard.errors import ConfigurationError
 
 TOKEN_ENV = "EVENTYARD_CONSOLE_TOKEN"
@@ -31,6 +31,9 @@ def serve(host: Annotated[str, typer.Option("--host", help="Address to listen on
               "--queue", "-q", help="A dead-letter queue to show (repeat, or separate with commas); "
                                     "default: those the management API lists.")] = None,
           limit: Annotated[int, typer.Option(min=1, help="Dead letters read per queue.")] = 1000,
+          app_spec: Annotated[str | None, typer.Option(
+              "--app", help="module:attribute of the application's subscribers: serve its AsyncAPI "
+                            "document at /asyncapi.json (needs -o and -s).")] = None,
           store_queue: StoreQueue = naming.STORE_QUEUE, url: Url = None) -> None:
     """Serve the console on http://HOST:PORT until Ctrl-C."""
     if service is not None and organization is None:
@@ -54,6 +57,16 @@ def serve(host: Annotated[str, typer.Option("--host", help="Address to listen on
         err.print(f"{TOKEN_ENV} is not set: actions need this token, made for this run: {token}",
                   soft_wrap=True)
     config = ConsoleConfig(settings(url), token, organization, service, names, store_queue, limit)
+    if app_spec is not None:
+        if organization is None or service is None:
+            fail("--app needs --organization and --service")
+        from eventyard.asyncapi import asyncapi_document
+
+        try:
+            config.asyncapi = asyncapi_document(organization, service, load_subscribers(app_spec),
+                                                settings=config.settings)
+        except ConfigurationError as error:
+            fail(str(error))
     err.print(f"eventyard console on http://{host}:{port}/ for {config.settings.describe()} "
               "(Ctrl-C to stop)", soft_wrap=True)
     uvicorn.run(create_app(config), host=host, port=port, log_level="warning")

@@ -8,7 +8,9 @@ which must define ``app = typer.Typer(...)``) are added when their module exists
 from __future__ import annotations
 
 import importlib
+import json
 import logging
+import sys
 from typing import Annotated, Any
 
 import typer
@@ -161,6 +163,30 @@ def consume(app_spec: AppArgument, organization: Organization, service: Service,
         if metrics is not None:
             metrics.shutdown()
     err.print("stopped")
+
+
+@app.command()
+def asyncapi(organization: Organization, service: Service,
+             app_spec: Annotated[str, typer.Option("--app", help="module:attribute of the "
+                                                   "application's subscribers.")],
+             output: Annotated[str | None, typer.Option(
+                 "--output", help="Write the document here instead of stdout.")] = None,
+             url: Url = None) -> None:
+    """Print the AsyncAPI 3.0 document of what the application receives (JSON)."""
+    from eventyard.asyncapi import asyncapi_document
+
+    subscribers = load_subscribers(app_spec)
+    try:
+        document = asyncapi_document(organization, service, subscribers, settings=settings(url))
+    except ConfigurationError as error:
+        fail(str(error))
+    text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+    if output is None:
+        sys.stdout.write(text)
+        return
+    with open(output, "w", encoding="utf-8") as stream:
+        stream.write(text)
+    err.print(f"wrote {output}")
 
 
 def _configure_logging(level: str | None, json_lines: bool) -> None:

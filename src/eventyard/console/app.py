@@ -23,7 +23,7 @@ from urllib.parse import parse_qs, urlencode
 import jinja2
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -56,6 +56,7 @@ class ConsoleConfig:
     queues: list[str] = field(default_factory=list)
     store_queue: str = naming.STORE_QUEUE
     limit: int = 1000
+    asyncapi: dict[str, Any] | None = None  # the application's document (eventyard console --app)
 
 
 def failure_frame(stack: str | None) -> str:
@@ -144,7 +145,8 @@ class Console:
         """A page; every page knows the broker (without password), the session and the CSRF value."""
         values.setdefault("report", None)
         page = self.templates.get_template(name).render(
-            broker=self.config.settings.describe(), signed_in=self.signed_in(request), csrf=self.csrf,
+            broker=self.config.settings.describe(), has_asyncapi=self.config.asyncapi is not None,
+            signed_in=self.signed_in(request), csrf=self.csrf,
             path=request.url.path + (f"?{request.url.query}" if request.url.query else ""), **values)
         return HTMLResponse(page, status_code=status, headers=SECURITY_HEADERS)
 
@@ -260,6 +262,12 @@ def create_app(config: ConsoleConfig) -> Starlette:
             found = await asyncio.to_thread(service_topology, config.settings, org, svc)
         return console.render(request, "topology.html", org=org, svc=svc, topology=found)
 
+    async def asyncapi_document(request: Request) -> Response:
+        if config.asyncapi is None:
+            raise ConfigurationError("no application given: start the console with --app "
+                                     "module:attribute, -o and -s to serve its AsyncAPI document")
+        return JSONResponse(config.asyncapi, headers=SECURITY_HEADERS)
+
     async def login(request: Request) -> Response:
         form = await _form(request)
         target = _first(form, "next")
@@ -311,6 +319,7 @@ def create_app(config: ConsoleConfig) -> Starlette:
         Route("/groups/{key}", guarded(group_page)),
         Route("/message", guarded(message_page)),
         Route("/topology", guarded(topology_page)),
+        Route("/asyncapi.json", guarded(asyncapi_document)),
         Route("/login", guarded(login), methods=["POST"]),
         Route("/logout", guarded(logout), methods=["POST"]),
         Route("/retry", guarded(action("retry")), methods=["POST"]),
