@@ -34,6 +34,7 @@ pytestmark = pytest.mark.cluster
 
 OPTIONS = TopologyOptions(queue_type="quorum", retry_ttl_ms=200, store=False)
 BATCH = 25
+QUEUE = "logistics.depot.1.event.parcel_shipped.count_parcel"
 REPORTED: list[str] = []  # printed at the end of the session (conftest)
 
 
@@ -123,30 +124,39 @@ def on_vhost(url: str, vhost: str) -> str:
     return url.rstrip("/") + "/" + vhost
 
 
-def test_consumers_fail_over_when_their_node_is_killed_under_load(cluster: Cluster,
-                                                                  vhost: str) -> None:
+def test_clients_fail_over_when_their_node_is_killed_under_load(cluster: Cluster,
+                                                                vhost: str) -> None:
     first, second, third = cluster.nodes
     tally = Tally()
     subscribers = [MessageSubscriber.from_message(ParcelShipped, [tally.handler()])]
-    # The queue's leader on the third node, the publisher on the second, the consumer on the
-    # first: the node killed is the consumer's alone.
+    # The queue's leader on the third node; the publisher and the consumer on the first, which
+    # is killed while both work: publishes in flight and unacknowledged deliveries are cut.
     declaring = RabbitMqConnector(on_vhost(url_of([third, second, first]), vhost))
-    publishing = RabbitMqConnector(on_vhost(url_of([second, third, first]), vhost))
+    publishing = RabbitMqConnector(on_vhost(url_of([first, second, third]), vhost))
     consuming = RabbitMqConnector(on_vhost(url_of([first, second, third]), vhost))
+    killed_at: list[int] = []
+
+    def kill_mid_load() -> None:
+        wait_until(lambda: len(tally.confirmed) >= 10 * BATCH, timeout=60, what="some load")
+        killed_at.append(len(tally.confirmed))
+        first.kill()
+
     try:
         RabbitMqMessageConfigurer(declaring, "logistics", "depot",
                                   options=OPTIONS).configure_subscribers(subscribers)
+        assert queue_leader(cluster, vhost, QUEUE) == third.nodename
         consumer = RabbitMqMessageConsumer(consuming, "logistics", "depot", 3, prefetch=20,
                                            options=OPTIONS)
         consumer.add_subscribers(subscribers)
         consumer.start()
         bus = RabbitMqDomainEventBus(publishing, "logistics", "depot")
+        killer = threading.Thread(target=kill_mid_load)
         try:
             assert connected_port(consumer) == first.port
-            for batch in range(40):
+            killer.start()
+            for _ in range(60):
                 publish_confirmed(bus, tally, BATCH)
-                if batch == 10:
-                    first.kill()
+            killer.join(60)
             wait_until(lambda: consumer_transport(consumer).reconnections >= 1, timeout=30,
                        what="the consumer to reconnect")
             assert connected_port(consumer) in (second.port, third.port)
@@ -154,8 +164,9 @@ def test_consumers_fail_over_when_their_node_is_killed_under_load(cluster: Clust
                        what="every confirmed event to be handled after the fail-over")
         finally:
             consumer.stop()
-        counts = tally.report("consumer's node killed under load")
-        assert counts["confirmed"] == 40 * BATCH
+        counts = tally.report("publisher's and consumer's node killed under load")
+        assert killed_at and killed_at[0] < 60 * BATCH  # the kill came while publishing
+        assert counts["confirmed"] == 60 * BATCH
         assert counts["lost"] == 0
         first.start()  # brought back: it rejoins the cluster and its queue replicas
         wait_until(lambda: len(cluster.running_nodes(via=second)) == 3, timeout=30,
@@ -177,11 +188,10 @@ def test_quorum_queue_keeps_its_messages_when_its_leader_is_killed(cluster: Clus
     try:
         configurer = RabbitMqMessageConfigurer(publishing, "logistics", "depot", options=OPTIONS)
         configurer.configure_subscribers(subscribers)
-        queue = "logistics.depot.1.event.parcel_shipped.count_parcel"
         bus = RabbitMqDomainEventBus(publishing, "logistics", "depot")
         for _ in range(20):  # a backlog nobody consumes yet
             publish_confirmed(bus, tally, BATCH)
-        leader = queue_leader(cluster, vhost, queue)
+        leader = queue_leader(cluster, vhost, QUEUE)
         killed = next(n for n in cluster.nodes if n.nodename == leader)
         killed.kill()
         consumer = RabbitMqMessageConsumer(consuming, "logistics", "depot", 3, prefetch=20,
@@ -198,7 +208,7 @@ def test_quorum_queue_keeps_its_messages_when_its_leader_is_killed(cluster: Clus
         counts = tally.report("quorum leader killed with a backlog")
         assert counts["confirmed"] == 40 * BATCH
         assert counts["lost"] == 0
-        assert queue_leader(cluster, vhost, queue) != leader
+        assert queue_leader(cluster, vhost, QUEUE) != leader
         configurer.clear_subscribers(subscribers)
     finally:
         for connector in (consuming, publishing):
