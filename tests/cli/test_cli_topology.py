@@ -77,8 +77,11 @@ def test_consume_runs_until_sigterm(service: Service, tmp_path: Path) -> None:
          "--retry-ttl", "100", "--max-retries", "1"],
         env=service.env(CLIAPP_LOG=str(log)), stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
-        wait_until(lambda: service.inspector.queues(service.org).get(service.queue) is not None,
-                   "the consumer to declare its queues")
+        # Bound, not only declared: a queue exists a moment before its binding does.
+        exchange = f"{service.org}.registration"
+        wait_until(lambda: any(source == exchange for source, _, _ in
+                               service.inspector.bindings(service.queue)),
+                   "the consumer to declare and bind its queues")
         ids = service.publish(3)
         wait_until(lambda: len(log.read_text().split()) == 3, "3 messages handled")
         process.send_signal(signal.SIGTERM)
