@@ -155,3 +155,12 @@ def test_without_an_application_there_is_no_asyncapi_document(console: Served) -
     status, page = Browser(console.url).get("/asyncapi.json")
 
     assert status == 400 and "start the console with --app" in page
+
+
+def test_a_page_asked_for_under_another_host_name_is_refused(console: Served) -> None:
+    request = urllib.request.Request(console.url + "/", headers={"Host": "rebound.example:8642"})
+
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=30)
+
+    assert refused.value.code == 400

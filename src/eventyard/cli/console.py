@@ -57,6 +57,10 @@ def serve(host: Annotated[str, typer.Option("--host", help="Address to listen on
         err.print(f"{TOKEN_ENV} is not set: actions need this token, made for this run: {token}",
                   soft_wrap=True)
     config = ConsoleConfig(settings(url), token, organization, service, names, store_queue, limit)
+    if host in ("0.0.0.0", "::", ""):
+        config.allowed_hosts = ["*"]  # every address: whatever name reaches it
+    elif host not in config.allowed_hosts:
+        config.allowed_hosts.append(host)
     if app_spec is not None:
         if organization is None or service is None:
             fail("--app needs --organization and --service")

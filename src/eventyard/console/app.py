@@ -22,6 +22,8 @@ from urllib.parse import parse_qs, urlencode
 
 import jinja2
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
@@ -57,6 +59,8 @@ class ConsoleConfig:
     store_queue: str = naming.STORE_QUEUE
     limit: int = 1000
     asyncapi: dict[str, Any] | None = None  # the application's document (eventyard console --app)
+    # Host headers served: a page of another site that rebinds its name to 127.0.0.1 is refused.
+    allowed_hosts: list[str] = field(default_factory=lambda: ["127.0.0.1", "localhost", "::1"])
 
 
 def failure_frame(stack: str | None) -> str:
@@ -326,7 +330,8 @@ def create_app(config: ConsoleConfig) -> Starlette:
         Route("/discard", guarded(action("discard")), methods=["POST"]),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
-    return Starlette(routes=routes)
+    return Starlette(routes=routes, middleware=[
+        Middleware(TrustedHostMiddleware, allowed_hosts=list(config.allowed_hosts))])
 
 
 def _status(error: EventyardError) -> int:
