@@ -220,3 +220,22 @@ def _terminate_backends(database: Database) -> int:
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
             "AND pid <> pg_backend_pid()", (database.name,)).fetchall()
     return len(rows)
+
+
+async def test_a_relay_publishes_no_row_of_a_transaction_past_one_another_relay_holds(
+        engine: AsyncEngine, broker: MemoryBroker) -> None:
+    sessions = async_sessionmaker(engine)
+    async with sessions() as session, session.begin():
+        OUTBOX.publish(session, [OrderPlaced(order=o) for o in range(10)])
+    relay = OutboxRelay(engine, broker.publisher_transport)
+    async with engine.connect() as other:  # stands for a relay holding orders 3..5
+        await other.execute(text(
+            "SELECT id FROM eventyard_outbox WHERE id IN (SELECT id FROM eventyard_outbox "
+            "ORDER BY id OFFSET 3 LIMIT 3) FOR UPDATE"))  # (rows OFFSET skips would be locked)
+        # SKIP LOCKED hands this relay orders 0..2 and 6..9: it publishes 0..2 only.
+        assert await relay.relay_once() == 3
+        assert await relay.relay_once() == 0
+        await other.rollback()  # the other relay went without publishing
+    while await relay.relay_once():
+        pass
+    assert stored_orders(broker) == [(0, order) for order in range(10)]
