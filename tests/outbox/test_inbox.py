@@ -156,8 +156,9 @@ async def test_inbox_rows_expire_after_the_window(engine: AsyncEngine) -> None:
     async with engine.connect() as connection:
         left = (await connection.scalars(text("SELECT message_id FROM eventyard_inbox"))).all()
     assert left == ["new"]
-    with pytest.raises(ConfigurationError, match="window"):
-        await purge_inbox(engine, 0)
+    for bad in (0, -1, True, float("nan")):
+        with pytest.raises(ConfigurationError, match="window"):
+            await purge_inbox(engine, bad)
 
 
 def test_a_misused_inbox_is_a_configuration_error(sync_engine: Engine) -> None:

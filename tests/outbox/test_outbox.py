@@ -176,7 +176,9 @@ async def test_bad_arguments_are_configuration_errors(engine: AsyncEngine) -> No
             OUTBOX.dispatch(session, OrderPlaced(order=1))  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError):
         Outbox("acme", "bad service")
-    for bad in ({"batch_size": 0}, {"poll_interval": -1}, {"retention": float("nan")}):
+    for bad in ({"batch_size": 0}, {"batch_size": True}, {"batch_size": 10**6},
+                {"poll_interval": -1}, {"retention": float("nan")}, {"inbox_window": 0},
+                {"retry_delay": "1"}, {"cleanup_interval": float("inf")}):
         with pytest.raises(ConfigurationError):
             RelaySettings(**bad)  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="AsyncEngine"):

@@ -139,7 +139,7 @@ async def purge_inbox(engine: AsyncEngine, window: float) -> int:
     After that, a copy of such a message would run its handler again: keep the window longer
     than any redelivery can take (retries, dead-letter requeues).
     """
-    if not isinstance(window, int | float) or window <= 0:
+    if isinstance(window, bool) or not isinstance(window, int | float) or not window > 0:
         raise ConfigurationError(f"inbox window must be a positive number of seconds, got {window!r}")
     async with engine.begin() as connection:
         result = await connection.execute(_EXPIRE, {"age": float(window)})

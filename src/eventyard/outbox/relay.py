@@ -64,14 +64,16 @@ class RelaySettings:
     max_retry_delay: float = 10.0
 
     def __post_init__(self) -> None:
-        if not isinstance(self.batch_size, int) or not 1 <= self.batch_size <= 100_000:
+        if (isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int)
+                or not 1 <= self.batch_size <= 100_000):
             raise ConfigurationError(f"batch_size must be 1..100000, got {self.batch_size!r}")
         for name in ("poll_interval", "retention", "cleanup_interval", "retry_delay",
                      "max_retry_delay", "inbox_window"):
             value = getattr(self, name)
             if value is None and name == "inbox_window":
                 continue
-            if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+            if (isinstance(value, bool) or not isinstance(value, int | float)
+                    or not math.isfinite(value) or value <= 0):
                 raise ConfigurationError(f"{name} must be a positive number of seconds, "
                                          f"got {value!r}")
 
