@@ -19,6 +19,8 @@ CURATED = {
     "UnroutableError", "Uuid", "broker_from_env",
     # Retry policies (issue 13)
     "HandlerTimeout", "RetryPolicy", "Unrecoverable",
+    # Dead-letter queues found through the management API (issue 15)
+    "ManagementApiError",
 }
 
 
