@@ -48,3 +48,11 @@ def test_an_unreachable_database_is_one_line_without_the_password() -> None:
     assert result.exit_code == 1
     assert "Error:" in result.output and "s3cret" not in result.output
     assert "Traceback" not in result.output
+
+
+def test_the_relay_fails_fast_when_the_database_is_unreachable() -> None:
+    result = runner.invoke(app, ["outbox", "relay", "--db",
+                                 "postgresql://someone:s3cret@127.0.0.1:1/nowhere",
+                                 "--url", "amqp://guest:guest@127.0.0.1:1/"])
+    assert result.exit_code == 1, result.output
+    assert "Error:" in result.output and "s3cret" not in result.output

@@ -104,6 +104,12 @@ def relay(
         engine, shown = _engine(db)
 
         async def run() -> int:
+            try:  # fail fast, as for the broker: later the relay waits and retries
+                async with engine.connect():
+                    pass
+            except BaseException:
+                await engine.dispose()
+                raise
             async with RabbitMqConnector(settings=connection) as connector:
                 worker = OutboxRelay(engine, connector.publisher_transport, relay_settings)
                 await connector.publisher_transport()  # fail fast when the broker is not there
