@@ -46,8 +46,8 @@ def test_an_unreachable_database_is_one_line_without_the_password() -> None:
     result = runner.invoke(app, ["outbox", "pending", "--db",
                                  "postgresql://someone:s3cret@127.0.0.1:1/nowhere"])
     assert result.exit_code == 1
-    assert "Error:" in result.output and "s3cret" not in result.output
-    assert "Traceback" not in result.output
+    assert "Error: database postgresql://someone:***@127.0.0.1:1/nowhere:" in result.output
+    assert "s3cret" not in result.output and "Traceback" not in result.output
 
 
 def test_the_relay_fails_fast_when_the_database_is_unreachable() -> None:
@@ -55,4 +55,13 @@ def test_the_relay_fails_fast_when_the_database_is_unreachable() -> None:
                                  "postgresql://someone:s3cret@127.0.0.1:1/nowhere",
                                  "--url", "amqp://guest:guest@127.0.0.1:1/"])
     assert result.exit_code == 1, result.output
-    assert "Error:" in result.output and "s3cret" not in result.output
+    assert "Error: database postgresql://someone:***@127.0.0.1:1/nowhere:" in result.output
+    assert "s3cret" not in result.output
+
+
+def test_a_database_that_refuses_the_role_is_one_line(database: Database) -> None:
+    url = database.plain_url.replace("postgres@", "no_such_role@", 1)
+    result = runner.invoke(app, ["outbox", "pending", "--db", url])
+    assert result.exit_code == 1, result.output
+    assert f"Error: database {url}: " in result.output
+    assert 'role "no_such_role" does not exist' in result.output

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from eventyard.cli.common import Url, err, fail, out, reported, settings
+from eventyard.cli.common import RUNTIME_ERROR, Url, err, fail, out, reported, settings
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -41,6 +41,19 @@ def _engine(url: str) -> tuple[AsyncEngine, str]:
     return create_async_engine(parsed, pool_pre_ping=True), shown
 
 
+def _run(shown: str, work: Any) -> Any:
+    """``asyncio.run(work)``; a database that cannot be reached or refuses is one line."""
+    from asyncpg import InterfaceError, PostgresError  # type: ignore[import-untyped]
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        return asyncio.run(work)
+    except (OSError, SQLAlchemyError, PostgresError, InterfaceError) as error:
+        cause = getattr(error, "orig", None) or error
+        fail(f"database {shown}: {type(cause).__name__}: {str(cause).splitlines()[0][:300]}",
+             RUNTIME_ERROR)
+
+
 @app.command()
 def schema(db: Database, print_only: Annotated[bool, typer.Option(
         "--print", help="Print the SQL instead of applying it.")] = False) -> None:
@@ -52,7 +65,7 @@ def schema(db: Database, print_only: Annotated[bool, typer.Option(
             out.print(outbox.schema_sql(), markup=False, highlight=False, soft_wrap=True)
             return
         engine, shown = _engine(db)
-        asyncio.run(_apply(engine))
+        _run(shown, _apply(engine))
     out.print(f"outbox schema applied on {shown}", soft_wrap=True)
 
 
@@ -69,8 +82,8 @@ async def _apply(engine: AsyncEngine) -> None:
 def pending(db: Database) -> None:
     """Print how many stored messages wait for a relay."""
     with reported():
-        engine, _ = _engine(db)
-        out.print(str(asyncio.run(_pending(engine))))
+        engine, shown = _engine(db)
+        out.print(str(_run(shown, _pending(engine))))
 
 
 async def _pending(engine: AsyncEngine) -> int:
@@ -123,7 +136,7 @@ def relay(
                     await engine.dispose()
                 return worker.published
 
-        published = asyncio.run(run())
+        published = _run(shown, run())
     out.print(f"published {published}", soft_wrap=True)
 
 
