@@ -113,14 +113,14 @@ async def test_a_notify_wakes_the_relay_long_before_its_poll(engine: AsyncEngine
     assert stored_orders(broker) == [(0, 1), (0, 2)]
 
 
-async def test_two_relays_share_the_work_once_each_and_keep_each_transactions_order(
+async def test_three_relays_share_the_work_once_each_and_keep_each_transactions_order(
         engine: AsyncEngine, broker: MemoryBroker) -> None:
     sessions = async_sessionmaker(engine)
     for batch in range(20):
         async with sessions() as session, session.begin():
             OUTBOX.publish(session, [OrderPlaced(order=o, batch=batch) for o in range(50)])
-    settings = RelaySettings(batch_size=30, poll_interval=0.2)
-    relays = [OutboxRelay(engine, broker.publisher_transport, settings) for _ in range(2)]
+    settings = RelaySettings(batch_size=13, poll_interval=0.2)
+    relays = [OutboxRelay(engine, broker.publisher_transport, settings) for _ in range(3)]
     for relay in relays:
         relay.start()
     try:
