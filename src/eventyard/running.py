@@ -18,14 +18,17 @@ the shutdown timeout (its message is not acked and comes back).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import inspect
 import queue
 import signal
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor, Future
 from typing import Any, TypeVar
 
+from eventyard.errors import HandlerTimeout
 from eventyard.subscribers import SUCCESS, Outcome, outcome_of, outcome_of_exception
 
 T = TypeVar("T")
@@ -159,3 +162,60 @@ class DaemonThreadPool(Executor):
             for thread in threads:
                 if thread is not threading.current_thread():
                     thread.join()
+
+
+# Handlers with a timeout (a subscriber's ``timeout`` or the consumer's ``handler_timeout``).
+
+async def call_handlers_timed(handlers: Sequence[tuple[Any, bool]], message: Any,
+                              timeout: float) -> Outcome:
+    """Run ``handlers`` (handler, is async) in order up to the first failure, each run bounded
+    by ``timeout`` seconds: an async handler is cancelled; a sync one runs on a thread of its
+    own, abandoned when it runs too long (it keeps no slot of the pool, so the consumer's other
+    work goes on)."""
+    loop = asyncio.get_running_loop()
+    for handler, is_async in handlers:
+        if is_async:
+            outcome = await run_async_timed(handler, message, timeout)
+        else:
+            outcome = await run_sync_timed(handler, message, timeout, loop)
+        if not outcome.success:
+            return outcome
+    return SUCCESS
+
+
+def _timed_out(handler: Any, timeout: float) -> Outcome:
+    error = HandlerTimeout(f"handler {getattr(handler, '__name__', handler)!r} ran longer than "
+                           f"its timeout of {timeout:g} s")
+    return outcome_of_exception(error)
+
+
+async def run_async_timed(handler: Any, message: Any, timeout: float) -> Outcome:
+    """Run an async handler for at most ``timeout`` seconds (then it is cancelled)."""
+    scope = asyncio.timeout(timeout)
+    try:
+        async with scope:
+            returned: Any = await handler(message)
+    except BaseException as error:
+        if scope.expired():
+            return _timed_out(handler, timeout)
+        return failure_of(error)  # a stop of ours re-raises
+    return SUCCESS if returned is None or returned is True else outcome_of(returned)
+
+
+async def run_sync_timed(handler: Any, message: Any, timeout: float,
+                         loop: asyncio.AbstractEventLoop) -> Outcome:
+    """Run a sync handler on a daemon thread of its own for at most ``timeout`` seconds; past
+    that its outcome is a timeout and the thread is left to finish (it cannot be stopped)."""
+    done: Future[Outcome] = Future()
+    context = contextvars.copy_context()  # the message being handled, the current span
+
+    def run() -> None:
+        outcome = context.run(call_sync_handler, handler, message, loop)
+        with contextlib.suppress(Exception):  # abandoned: nobody waits for it any more
+            done.set_result(outcome)
+
+    threading.Thread(target=run, daemon=True, name="eventyard-timed-handler").start()
+    try:
+        return await asyncio.wait_for(asyncio.wrap_future(done), timeout)
+    except TimeoutError:
+        return _timed_out(handler, timeout)

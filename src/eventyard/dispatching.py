@@ -1,0 +1,297 @@
+"""Dispatching: the worker that runs one queue's handlers for each delivery (DESIGN §5).
+
+An ordered queue (concurrency 1) runs its deliveries one after the other, in batches on the
+thread pool when its handlers are all sync; otherwise up to ``concurrency`` run at once. Each
+outcome goes to the queue's ``Settler``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import logging
+import time
+from collections import deque
+from typing import Any, Protocol
+
+from eventyard import codec
+from eventyard.chaos import EventChaos, SimulatedChaosFailure
+from eventyard.forwarding import Forwarder
+from eventyard.messages import Message
+from eventyard.observability import HANDLING, INSTRUMENTS
+from eventyard.ports import UNREADABLE_PROPERTIES, Delivery
+from eventyard.retry import DELAY_LEFT, Decision, RetryPolicy, redelivery_count
+from eventyard.running import (
+    DaemonThreadPool,
+    call_handlers_timed,
+    call_sync_handler,
+    failure_of,
+)
+from eventyard.settling import ConsumerEvent, ConsumerHost, Settler, unreadable
+from eventyard.subscribers import (
+    SUCCESS,
+    Outcome,
+    Subscription,
+    is_async_handler,
+    outcome_of,
+    outcome_of_exception,
+)
+from eventyard.topology import Route
+
+# The consumer's logs keep the one logger name that docs/observability.md documents.
+logger = logging.getLogger("eventyard.consuming")
+
+# Sync handlers of an ordered queue run in batches on the thread pool (one hand-off per batch,
+# not per message); a batch returns after this long so its acks are never held back for long.
+_BATCH_SECONDS = 0.02
+_BATCH_LIMIT = 512
+# RabbitMQ's default consumer_timeout: a delivery unacked for longer closes the channel.
+_CONSUMER_TIMEOUT_SECONDS = 1800.0
+
+
+class WorkerHost(ConsumerHost, Protocol):
+    """What a queue worker needs of its consumer (``AsyncMessageConsumer`` implements it)."""
+
+    @property
+    def chaos(self) -> EventChaos | None:
+        """The chaos policy, if any."""
+        ...
+
+    @property
+    def executor(self) -> DaemonThreadPool | None:
+        """The pool that runs sync handlers (None when every handler is async)."""
+        ...
+
+    @property
+    def stopping(self) -> bool:
+        """True once the consumer has begun to stop: take no new work."""
+        ...
+
+
+class QueueWorker:
+    """Processes the deliveries of one subscription's queue."""
+
+    def __init__(self, host: WorkerHost, subscription: Subscription, queue: str, *,
+                 route: Route, policy: RetryPolicy, timeout: float | None,
+                 concurrency: int) -> None:
+        self.host = host
+        self.subscription = subscription
+        self.queue = queue
+        self.route = route
+        self.handlers = [(h, is_async_handler(h)) for h in subscription.handlers]
+        self.policy = policy
+        self.delayed = not self.policy.is_default  # its retries go through the delay ladder
+        self.timeout = timeout
+        if self.timeout is not None and self.timeout >= _CONSUMER_TIMEOUT_SECONDS:
+            logger.warning("the handler timeout of %s (%g s) is not below RabbitMQ's default "
+                           "consumer_timeout (%g s): a delivery unacked that long closes its "
+                           "channel", queue, self.timeout, _CONSUMER_TIMEOUT_SECONDS)
+        self.slots = asyncio.Semaphore(concurrency)
+        self.ordered = concurrency == 1
+        self.batched = (self.ordered and host.chaos is None and not self.delayed
+                        and self.timeout is None
+                        and not any(is_async for _, is_async in self.handlers))
+        self.backlog: deque[Delivery] = deque()
+        self.drainer: asyncio.Task[None] | None = None
+        self.forwarder = Forwarder(host, queue, route)
+        self.settler = Settler(host, queue, self.forwarder, policy, delayed=self.delayed,
+                               ordered=self.ordered)
+
+    async def on_delivery(self, delivery: Delivery) -> None:
+        """Take ``delivery`` from the transport: process it now, or queue it for a batch."""
+        if self.batched:
+            self.backlog.append(delivery)
+            if self.drainer is None or self.drainer.done():
+                self.drainer = asyncio.get_running_loop().create_task(self._drain())
+                self.host.track(self.drainer)
+            return
+        if self.ordered:
+            task = asyncio.current_task()
+            if task is not None:  # tracking is idempotent: a task of ours is tracked once
+                self.host.track(task)
+            await self.process(delivery)
+            return
+        await self.slots.acquire()
+        if self.host.stopping:  # it waited for a slot while the consumer stopped
+            self.slots.release()
+            with contextlib.suppress(Exception):
+                await delivery.reject(requeue=True)
+            return
+        task = asyncio.create_task(self.process(delivery))
+        self.host.track(task)
+        task.add_done_callback(lambda _: self.slots.release())
+
+    async def process(self, delivery: Delivery) -> None:
+        """Decode ``delivery``, run its handlers and settle it."""
+        headers = delivery.headers
+        count = redelivery_count(headers)
+        try:
+            if self.forwarder.suspects and delivery.redelivered and (
+                    await self.settler.settle_suspect(delivery, count)):
+                return
+            if self.delayed and DELAY_LEFT in headers and await self.forwarder.wait_more(delivery):
+                return
+            chaos = self.host.chaos
+            action = (chaos.decide(delivery.routing_key, self.queue, headers)
+                      if chaos is not None else None)
+            if action is not None and action.nack:
+                await delivery.reject(requeue=True)
+                self.host.notify(ConsumerEvent("chaos_nack", self.queue, None, count,
+                                                    message_id=delivery.message_id))
+                return
+            if UNREADABLE_PROPERTIES in headers:
+                await self.settler.poison(delivery, unreadable(headers), count)
+                return
+            try:
+                message = codec.decode(delivery.body, expected=self.subscription.message_class,
+                                       allow_unknown=self.subscription.is_store)
+            except Exception as error:  # anything raised while decoding is poison
+                await self.settler.poison(delivery, error, count)
+                return
+            if action is not None and action.delay_seconds:
+                await asyncio.sleep(action.delay_seconds)
+            if action is not None and action.fail:
+                outcome = outcome_of_exception(SimulatedChaosFailure("chaos: simulated failure"))
+            else:
+                outcome = await self._run_handlers(message, delivery, count)
+            await self.settler.settle(delivery, message, outcome, count)
+        except Exception as error:
+            await self.settler.recover(delivery, error)
+
+    async def _drain(self) -> None:
+        """Process the backlog of an ordered queue whose handlers are all sync, in batches."""
+        backlog = self.backlog
+        while backlog:
+            if self.host.stopping:  # not started: back to the queue
+                while backlog:
+                    with contextlib.suppress(Exception):
+                        await backlog.popleft().reject(requeue=True)
+                return
+            batch = [backlog.popleft() for _ in range(min(len(backlog), _BATCH_LIMIT))]
+            await self._process_batch(batch)
+
+    async def _process_batch(self, batch: list[Delivery]) -> None:
+        decoded: list[tuple[Delivery, Message, int]] = []
+        for delivery in batch:
+            headers = delivery.headers
+            count = redelivery_count(headers)
+            try:
+                if self.forwarder.suspects and delivery.redelivered and await self.settler.settle_suspect(
+                        delivery, count):
+                    continue
+                if UNREADABLE_PROPERTIES in headers:
+                    await self.settler.poison(delivery, unreadable(headers), count)
+                    continue
+                try:
+                    message = codec.decode(delivery.body, expected=self.subscription.message_class,
+                                           allow_unknown=self.subscription.is_store)
+                except Exception as error:  # anything raised while decoding is poison
+                    await self.settler.poison(delivery, error, count)
+                    continue
+            except Exception as failure:
+                await self.settler.recover(delivery, failure)
+                continue
+            decoded.append((delivery, message, count))
+        loop = asyncio.get_running_loop()
+        done = 0
+        while done < len(decoded):
+            outcomes: list[Outcome] = []  # filled by the handler thread as it goes
+            try:
+                await loop.run_in_executor(self.host.executor, self._handle_in_thread,
+                                           decoded[done:], loop, outcomes)
+            except asyncio.CancelledError:
+                # Stopped while a handler of this batch hangs: ack the messages handled before
+                # it, so that they do not run again (the others come back).
+                for (delivery, _, _), outcome in zip(decoded[done:], list(outcomes), strict=False):
+                    if outcome.success:
+                        with contextlib.suppress(Exception):
+                            await delivery.ack()
+                raise
+            for (delivery, message, count), outcome in zip(decoded[done:], outcomes, strict=False):
+                try:
+                    await self.settler.settle(delivery, message, outcome, count)
+                except Exception as error:
+                    await self.settler.recover(delivery, error)
+            done += len(outcomes)
+
+    def _handle_in_thread(self, items: list[tuple[Delivery, Message, int]],
+                          loop: asyncio.AbstractEventLoop, outcomes: list[Outcome]) -> None:
+        """Run the sync handlers for each message in order, for at most about
+        ``_BATCH_SECONDS``; append the outcome of each to ``outcomes`` as soon as it is known."""
+        deadline = time.monotonic() + _BATCH_SECONDS
+        instruments = INSTRUMENTS.active
+        for delivery, message, count in items:
+            token = HANDLING.set(message)  # what it publishes is caused by it
+            processing = (instruments.processing(delivery, message, count + 1)
+                          if instruments is not None else None)
+            entered = processing.enter() if processing is not None else None
+            outcome = SUCCESS
+            try:
+                for handler, _ in self.handlers:
+                    outcome = call_sync_handler(handler, message, loop)
+                    if not outcome.success:
+                        break
+            finally:
+                if processing is not None:
+                    processing.leave(entered)
+                HANDLING.reset(token)
+            if processing is not None:
+                processing.end(outcome, self._fate(outcome, count))
+            outcomes.append(outcome)
+            if time.monotonic() >= deadline:
+                break
+
+    def _fate(self, outcome: Outcome, count: int) -> bool | None:
+        """None if ``outcome`` is a success, else True if it will be retried."""
+        if outcome.success:
+            return None
+        return self.policy.decide(outcome, count) is Decision.RETRY
+
+    async def _run_handlers(self, message: Message, delivery: Delivery, count: int) -> Outcome:
+        token = HANDLING.set(message)  # what its handlers publish is caused by it
+        instruments = INSTRUMENTS.active
+        processing = (instruments.processing(delivery, message, count + 1)
+                      if instruments is not None else None)
+        entered = processing.enter() if processing is not None else None
+        try:
+            outcome = await self._call_handlers(message)
+        finally:
+            if processing is not None:
+                processing.leave(entered)
+            HANDLING.reset(token)
+        if processing is not None:
+            processing.end(outcome, self._fate(outcome, count))
+        return outcome
+
+    async def _call_handlers(self, message: Message) -> Outcome:
+        if self.timeout is not None:
+            return await call_handlers_timed(self.handlers, message, self.timeout)
+        for handler, is_async in self.handlers:
+            if is_async:
+                try:
+                    returned: Any = await handler(message)
+                except BaseException as error:  # a stop of ours or a real interrupt re-raises
+                    outcome = failure_of(error)
+                else:
+                    outcome = (SUCCESS if returned is None or returned is True
+                               else outcome_of(returned))
+            else:
+                loop = asyncio.get_running_loop()
+                # The pool's thread runs it in this context: the message being handled, the
+                # current span (run_in_executor alone would leave them behind).
+                outcome = await loop.run_in_executor(
+                    self.host.executor, contextvars.copy_context().run, call_sync_handler,
+                    handler, message, loop)
+            if not outcome.success:
+                return outcome
+        return SUCCESS
+
+
+def policy_of(subscription: Subscription, configured: RetryPolicy | None,
+              default: RetryPolicy) -> RetryPolicy:
+    """The subscriber's policy, else the consumer's; the store keeps the fixed delay."""
+    policy = subscription.retry or configured or default
+    if subscription.is_store and not policy.is_default:
+        return RetryPolicy(policy.max_retries, unrecoverable=policy.unrecoverable)
+    return policy
