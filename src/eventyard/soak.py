@@ -19,29 +19,42 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sys
 import time
 import uuid
-from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Any
 
 from eventyard import naming
 from eventyard.buses import Backend
 from eventyard.chaos import ConnectionDrops, EventChaos, SimulatedChaosFailure
 from eventyard.consuming import AsyncMessageConsumer, ConsumerEvent, ConsumerSettings
 from eventyard.errors import ConfigurationError
+from eventyard.memory.soak import MemorySoakProbe
 from eventyard.messages import DomainEvent
 from eventyard.ports import Transport
 from eventyard.publishing import AsyncDomainEventBus
+from eventyard.soak_probes import POLL_SECONDS, SoakProbe, probe_for, wait_until_released
+from eventyard.soak_report import (
+    SERVICE,
+    ServiceReport,
+    SoakReport,
+    SubscriberReport,
+    Tally,
+    all_settled,
+    broker_settled,
+    subscriber_report,
+)
 from eventyard.subscribers import MessageSubscriber, Subscription, subscriptions_of
 from eventyard.topology import Topology, TopologyOptions, build_topology, subscription_queue
 
+__all__ = [  # the probes and reports stay importable from here
+    "SERVICE", "MemorySoakProbe", "ServiceReport", "SoakEvent", "SoakProbe", "SoakProtectedEvent",
+    "SoakReport", "SubscriberReport", "probe_for", "run_soak", "run_soak_async",
+]
+
 logger = logging.getLogger(__name__)
 
-SERVICE = "soak"
-_POLL_SECONDS = 0.2
 _PUBLISH_BATCH = 250
 _STORE_HANDLER = "store_handler"
 
@@ -56,160 +69,6 @@ class SoakProtectedEvent(DomainEvent):
     """An event whose routing key is protected: chaos never touches it."""
 
     sequence: int
-
-
-class SoakProbe(Protocol):
-    """What a soak needs from a broker beyond the ``Transport`` port."""
-
-    async def ready_count(self, queue: str) -> int:
-        """Messages waiting in ``queue`` (delayed retries included)."""
-
-    async def message_ids(self, queue: str) -> list[str]:
-        """The ``message_id`` of every message in ``queue``, left in place."""
-
-    async def consumer_count(self, queue: str) -> int:
-        """Consumers the broker still counts on ``queue``."""
-
-    async def drop(self, transport: Transport) -> None:
-        """Cut ``transport``'s connection as a network failure would; it reconnects by itself."""
-
-    async def close(self) -> None:
-        """Release what the probe opened."""
-
-
-@dataclass(frozen=True, slots=True)
-class SubscriberReport:
-    """What happened to one subscriber's messages, counted by message id.
-
-    ``handled + dead_lettered - handled_and_dead_lettered + lost + pending == published``:
-    at-least-once delivery may run a message again after a dropped ack, so one copy can be
-    handled while another runs out of retries. ``service`` consumes the queue; ``publisher``
-    names the service whose event it is when that is another one (None for the store).
-    """
-
-    queue: str
-    protected: bool
-    published: int
-    handled: int
-    duplicates: int
-    retried: int
-    dead_lettered: int
-    handled_and_dead_lettered: int
-    lost: int
-    pending: int
-    unexpected: int
-    chaos_nacks: int
-    chaos_failures: int
-    observed_dead_lettered: int
-    service: str = SERVICE
-    handler: str = ""
-    publisher: str | None = None
-    store: bool = False
-
-    @property
-    def ok(self) -> bool:
-        """Every published message handled or dead-lettered, nothing left over or unknown."""
-        return self.lost == 0 and self.pending == 0 and self.unexpected == 0
-
-
-@dataclass(frozen=True, slots=True)
-class ServiceReport:
-    """One service of the soak: what it published, and its consumer's subscribers summed up.
-
-    ``emitted`` counts the events the service published; the other counts add up those of the
-    subscribers its consumer runs (its own, the other services' events it follows, the store),
-    so ``published`` is what they should receive, as in ``SubscriberReport``.
-    """
-
-    service: str
-    emitted: int
-    subscribers: int
-    published: int
-    handled: int
-    duplicates: int
-    retried: int
-    dead_lettered: int
-    handled_and_dead_lettered: int
-    lost: int
-    pending: int
-    unexpected: int
-    chaos_nacks: int
-    chaos_failures: int
-    drops_requested: int
-    drops_done: int
-
-    @property
-    def ok(self) -> bool:
-        """Every subscriber of the service accounted for every message."""
-        return self.lost == 0 and self.pending == 0 and self.unexpected == 0
-
-
-@dataclass(frozen=True, slots=True)
-class SoakReport:
-    """The result of a soak; ``ok`` is the verdict.
-
-    ``service`` is the soaked service (``soak``), or the fleet's services joined by commas;
-    ``services`` has one entry per service, ``subscribers`` one per subscriber queue.
-    """
-
-    organization: str
-    service: str
-    events: int
-    protected_events: int
-    settings: dict[str, Any]
-    drops_requested: int
-    drops_done: int
-    quiet: bool
-    seconds: float
-    kept: bool
-    subscribers: list[SubscriberReport] = field(default_factory=list)
-    services: list[ServiceReport] = field(default_factory=list)
-    store_queue: str | None = None
-
-    @property
-    def lost(self) -> int:
-        """Messages lost over every subscriber (must be 0)."""
-        return sum(s.lost for s in self.subscribers)
-
-    @property
-    def ok(self) -> bool:
-        """The broker went quiet and every subscriber accounted for every message."""
-        return self.quiet and all(s.ok for s in self.subscribers)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The report as JSON-ready data."""
-        data = asdict(self)
-        data["subscribers"] = [{**asdict(s), "ok": s.ok} for s in self.subscribers]
-        data["services"] = [{**asdict(s), "ok": s.ok} for s in self.services]
-        data["lost"] = self.lost
-        data["ok"] = self.ok
-        return data
-
-
-@dataclass(slots=True)
-class _Tally:
-    """What the consumer told us about one queue, and which messages it should receive."""
-
-    service: str
-    handler: str
-    publisher: str | None
-    protected: bool
-    store: bool
-    published: set[str] = field(default_factory=set)
-    handled: Counter[str] = field(default_factory=Counter)
-    observed_dead: set[str] = field(default_factory=set)
-    retried: int = 0
-    chaos_nacks: int = 0
-    chaos_failures: int = 0
-
-    def receives(self, service: str, protected: bool) -> bool:
-        """True if an event ``service`` publishes (protected or not) comes to this queue."""
-        if self.store:
-            return True
-        return (self.publisher or self.service) == service and self.protected == protected
-
-    def settled_by_observers(self) -> bool:
-        return self.published <= (self.handled.keys() | self.observed_dead)
 
 
 @dataclass(slots=True)
@@ -302,7 +161,7 @@ async def run_soak_async(
                               store_queue=store_queue or naming.STORE_QUEUE)
     protected_keys = [naming.routing_key(org, name, 1, "event", SoakProtectedEvent.message_name)
                       for name in names]
-    tallies: dict[str, _Tally] = {}
+    tallies: dict[str, Tally] = {}
     fleet: list[_Service] = []
     for index, name in enumerate(names):
         subs = _subscribers_of(index, names, subscribers, protected_count)
@@ -352,8 +211,8 @@ async def run_soak_async(
                 for transport in service.transports:
                     with contextlib.suppress(Exception):
                         await transport.close()
-            await _wait_until_released(probe, tallies)
-        reports = [await _subscriber_report(probe, queue, tally)
+            await wait_until_released(probe, tallies)
+        reports = [await subscriber_report(probe, queue, tally)
                    for queue, tally in tallies.items()]
     finally:
         if not keep:
@@ -380,19 +239,19 @@ def run_soak(backend: Backend, **options: Any) -> SoakReport:
     return backend.loop_thread.run(run_soak_async(backend, **options))
 
 
-def _tally(service: str, subscription: Subscription) -> _Tally:
-    return _Tally(service, subscription.handler_name, subscription.publisher,
+def _tally(service: str, subscription: Subscription) -> Tally:
+    return Tally(service, subscription.handler_name, subscription.publisher,
                   subscription.message_class is SoakProtectedEvent, subscription.is_store)
 
 
-def _expected(tally: _Tally, names: list[str], events: int, protected_count: int) -> int:
+def _expected(tally: Tally, names: list[str], events: int, protected_count: int) -> int:
     """Deliveries a queue should get (before retries), to spread the drops over."""
     if tally.store:
         return len(names) * (events + protected_count)
     return protected_count if tally.protected else events
 
 
-def _consumer(backend: Backend, org: str, service: _Service, tallies: dict[str, _Tally],
+def _consumer(backend: Backend, org: str, service: _Service, tallies: dict[str, Tally],
               max_retries: int, prefetch: int, options: TopologyOptions) -> AsyncMessageConsumer:
     """Service's consumer on connections of its own, counting what happens on its queues."""
 
@@ -443,7 +302,7 @@ async def _dropper(probe: SoakProbe, org: str, service: _Service) -> None:
 
 
 async def _publish(backend: Backend, org: str, fleet: list[_Service], events: int,
-                   protected_count: int, tallies: dict[str, _Tally]) -> None:
+                   protected_count: int, tallies: dict[str, Tally]) -> None:
     """Every service publishes its events at once, in batches."""
 
     async def publish(service: _Service) -> None:
@@ -469,12 +328,12 @@ async def _publish(backend: Backend, org: str, fleet: list[_Service], events: in
     await asyncio.gather(*(publish(service) for service in fleet))
 
 
-def _expect(tallies: Iterable[_Tally], event: DomainEvent) -> None:
+def _expect(tallies: Iterable[Tally], event: DomainEvent) -> None:
     for tally in tallies:
         tally.published.add(event.get_message_id())
 
 
-async def _wait_until_quiet(probe: SoakProbe, fleet: list[_Service], tallies: dict[str, _Tally],
+async def _wait_until_quiet(probe: SoakProbe, fleet: list[_Service], tallies: dict[str, Tally],
                             drop_tasks: list[asyncio.Task[None]], timeout: float,
                             started: float) -> bool:
     """Poll until every message is accounted for and every queue is empty, twice in a row."""
@@ -482,13 +341,13 @@ async def _wait_until_quiet(probe: SoakProbe, fleet: list[_Service], tallies: di
     calm = 0
     last = -1
     while time.monotonic() < deadline:
-        await asyncio.sleep(_POLL_SECONDS)  # polling interval of a deadline-bounded wait
+        await asyncio.sleep(POLL_SECONDS)  # polling interval of a deadline-bounded wait
         activity = sum(s.activity for s in fleet)
         if activity != last:
             last, calm = activity, 0
             continue
-        if (not all(task.done() for task in drop_tasks) or not _all_settled(tallies)
-                or not await _broker_settled(probe, tallies)):
+        if (not all(task.done() for task in drop_tasks) or not all_settled(tallies)
+                or not await broker_settled(probe, tallies)):
             calm = 0
             continue
         calm += 1
@@ -496,53 +355,6 @@ async def _wait_until_quiet(probe: SoakProbe, fleet: list[_Service], tallies: di
             return True
     logger.warning("soak did not go quiet within %.0f s", timeout)
     return False
-
-
-async def _wait_until_released(probe: SoakProbe, queues: Iterable[str],
-                               timeout: float = 10.0) -> None:
-    """Wait until the broker has let go of our consumers: their unacked messages are back."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        counts = [await probe.consumer_count(queue) for queue in queues]
-        if not any(counts):
-            return
-        await asyncio.sleep(_POLL_SECONDS / 4)  # polling interval of a deadline-bounded wait
-    logger.warning("the broker still counts consumers on the soak's queues after %.0f s", timeout)
-
-
-def _all_settled(tallies: dict[str, _Tally]) -> bool:
-    return all(t.settled_by_observers() for t in tallies.values())
-
-
-async def _broker_settled(probe: SoakProbe, tallies: dict[str, _Tally]) -> bool:
-    for queue in tallies:
-        if await probe.ready_count(queue) or await probe.ready_count(naming.retry_queue(queue)):
-            return False
-    for queue, tally in tallies.items():
-        dead = set(await probe.message_ids(naming.dead_letter_queue(queue)))
-        if not tally.published <= (tally.handled.keys() | dead):
-            return False
-    return True
-
-
-async def _subscriber_report(probe: SoakProbe, queue: str, tally: _Tally) -> SubscriberReport:
-    """Count one queue by message id: the consumer's account and what the broker holds."""
-    dead = set(await probe.message_ids(naming.dead_letter_queue(queue)))
-    pending = set(await probe.message_ids(queue)) | set(
-        await probe.message_ids(naming.retry_queue(queue)))
-    handled = set(tally.handled)
-    accounted = handled | dead
-    return SubscriberReport(
-        queue=queue, protected=tally.protected, published=len(tally.published),
-        handled=len(handled), duplicates=sum(1 for n in tally.handled.values() if n > 1),
-        retried=tally.retried, dead_lettered=len(dead),
-        handled_and_dead_lettered=len(handled & dead),
-        lost=len(tally.published - accounted - pending),
-        pending=len(pending & tally.published - accounted),
-        unexpected=len((accounted | pending) - tally.published),
-        chaos_nacks=tally.chaos_nacks, chaos_failures=tally.chaos_failures,
-        observed_dead_lettered=len(tally.observed_dead), service=tally.service,
-        handler=tally.handler, publisher=tally.publisher, store=tally.store)
 
 
 def _service_report(service: _Service, reports: list[SubscriberReport]) -> ServiceReport:
@@ -560,42 +372,3 @@ def _service_report(service: _Service, reports: list[SubscriberReport]) -> Servi
         pending=total("pending"), unexpected=total("unexpected"),
         chaos_nacks=total("chaos_nacks"), chaos_failures=total("chaos_failures"),
         drops_requested=len(service.drops.points), drops_done=service.drops_done)
-class MemorySoakProbe:
-    """A ``SoakProbe`` for the in-memory broker."""
-
-    def __init__(self, broker: Any) -> None:
-        self.broker = broker
-
-    async def ready_count(self, queue: str) -> int:
-        """Ready messages in ``queue``."""
-        return int(self.broker.message_count(queue))
-
-    async def message_ids(self, queue: str) -> list[str]:
-        """Ids of the messages in ``queue``."""
-        return [m.message_id for m in self.broker.messages(queue) if m.message_id]
-
-    async def consumer_count(self, queue: str) -> int:
-        """Always 0: a closed in-memory connection lets go of its consumers at once."""
-        return 0
-
-    async def drop(self, transport: Transport) -> None:
-        """Drop the in-memory connection (it resumes at once)."""
-        await transport.drop()  # type: ignore[attr-defined]
-
-    async def close(self) -> None:
-        """Nothing to release."""
-
-
-async def probe_for(backend: Backend) -> SoakProbe:
-    """The soak probe for a RabbitMQ connector or an in-memory broker."""
-    memory = sys.modules.get("eventyard.memory")
-    if memory is not None and isinstance(backend, memory.MemoryBroker):
-        return MemorySoakProbe(backend)
-    rabbitmq = sys.modules.get("eventyard.rabbitmq")
-    if rabbitmq is not None and isinstance(backend, rabbitmq.RabbitMqConnector):
-        from eventyard.rabbitmq.soak import RabbitMqSoakProbe
-
-        probe = RabbitMqSoakProbe(backend.settings)
-        await probe.connect()
-        return probe
-    raise ConfigurationError(f"no soak probe for {backend!r}: pass probe= to run_soak")
