@@ -21,8 +21,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from typing import Any
 
 from eventyard import naming
@@ -34,6 +33,15 @@ from eventyard.memory.soak import MemorySoakProbe
 from eventyard.messages import DomainEvent
 from eventyard.ports import Transport
 from eventyard.publishing import AsyncDomainEventBus
+from eventyard.soak_fleet import (
+    Service,
+    SoakEvent,
+    SoakProtectedEvent,
+    expected_deliveries,
+    service_report,
+    subscribers_of,
+    tally_of,
+)
 from eventyard.soak_probes import POLL_SECONDS, SoakProbe, probe_for, wait_until_released
 from eventyard.soak_report import (
     SERVICE,
@@ -45,7 +53,7 @@ from eventyard.soak_report import (
     broker_settled,
     subscriber_report,
 )
-from eventyard.subscribers import MessageSubscriber, Subscription, subscriptions_of
+from eventyard.subscribers import subscriptions_of
 from eventyard.topology import Topology, TopologyOptions, build_topology, subscription_queue
 
 __all__ = [  # the probes and reports stay importable from here
@@ -56,70 +64,6 @@ __all__ = [  # the probes and reports stay importable from here
 logger = logging.getLogger(__name__)
 
 _PUBLISH_BATCH = 250
-_STORE_HANDLER = "store_handler"
-
-
-class SoakEvent(DomainEvent):
-    """The event every soak subscriber receives, chaos included."""
-
-    sequence: int
-
-
-class SoakProtectedEvent(DomainEvent):
-    """An event whose routing key is protected: chaos never touches it."""
-
-    sequence: int
-
-
-@dataclass(slots=True)
-class _Service:
-    """One soaked service: its topology, its consumer's chaos and its connection drops."""
-
-    name: str
-    subscribers: list[MessageSubscriber]
-    topology: Topology
-    queues: list[str]
-    chaos: EventChaos
-    drops: ConnectionDrops
-    emitted: int = 0
-    activity: int = 0
-    drops_wanted: int = 0
-    drops_done: int = 0
-    drop_wanted: asyncio.Event = field(default_factory=asyncio.Event)
-    transports: list[Transport] = field(default_factory=list)
-    consumer: AsyncMessageConsumer | None = None
-
-
-def _async_handler(name: str, fail_first_of: Callable[[int], bool] | None = None
-                   ) -> Callable[[Any], Awaitable[bool]]:
-    seen: set[str] = set()
-
-    async def handler(message: Any) -> bool:
-        if fail_first_of is not None and fail_first_of(message.sequence):
-            first = message.get_message_id() not in seen
-            seen.add(message.get_message_id())
-            return not first  # a real failure on the first attempt: exercises the retry path
-        return True
-
-    handler.__name__ = handler.__qualname__ = name
-    return handler
-
-
-def _subscribers_of(index: int, names: list[str], subscribers: int, protected_count: int
-                    ) -> list[MessageSubscriber]:
-    """Service ``index``'s subscribers: its own, the previous service's event, the store."""
-    subs = [MessageSubscriber.from_message(SoakEvent, [_async_handler(f"soak_handler_{i + 1}")])
-            for i in range(subscribers)]
-    if protected_count:
-        subs.append(MessageSubscriber.from_message(
-            SoakProtectedEvent, [_async_handler("protected_handler", lambda n: n % 10 == 0)]))
-    if len(names) > 1:
-        if index > 0:  # named after the consumer: the queue lives under the publisher's name
-            subs.append(MessageSubscriber.from_message(
-                SoakEvent, [_async_handler(f"cross_{names[index]}")], publisher=names[index - 1]))
-        if index == 0:
-            subs.append(MessageSubscriber.all_messages([_async_handler(_STORE_HANDLER)]))
-    return subs
 
 
 async def run_soak_async(
@@ -162,18 +106,18 @@ async def run_soak_async(
     protected_keys = [naming.routing_key(org, name, 1, "event", SoakProtectedEvent.message_name)
                       for name in names]
     tallies: dict[str, Tally] = {}
-    fleet: list[_Service] = []
+    fleet: list[Service] = []
     for index, name in enumerate(names):
-        subs = _subscribers_of(index, names, subscribers, protected_count)
+        subs = subscribers_of(index, names, subscribers, protected_count)
         subscriptions = subscriptions_of(subs)
         queues = []
         for sub in subscriptions:
             queue = subscription_queue(org, name, sub, options.store_queue)
-            tallies[queue] = _tally(name, sub)
+            tallies[queue] = tally_of(name, sub)
             queues.append(queue)
-        expected = sum(_expected(tallies[q], names, events, protected_count) for q in queues)
+        expected = sum(expected_deliveries(tallies[q], names, events, protected_count) for q in queues)
         chaos_seed = None if seed is None else seed + index
-        fleet.append(_Service(
+        fleet.append(Service(
             name, subs, build_topology(org, name, subscriptions, options), queues,
             EventChaos(nack, delay, failure, protected_keys, seed=chaos_seed, environ={}),
             ConnectionDrops(drops, expected, seed=chaos_seed)))
@@ -226,7 +170,7 @@ async def run_soak_async(
     return SoakReport(org, ",".join(names), events, protected_count, settings,
                       drops * len(fleet), sum(s.drops_done for s in fleet), quiet,
                       round(time.monotonic() - started, 2), keep, reports,
-                      [_service_report(s, reports) for s in fleet], store_queue)
+                      [service_report(s, reports) for s in fleet], store_queue)
 
 
 def run_soak(backend: Backend, **options: Any) -> SoakReport:
@@ -239,19 +183,7 @@ def run_soak(backend: Backend, **options: Any) -> SoakReport:
     return backend.loop_thread.run(run_soak_async(backend, **options))
 
 
-def _tally(service: str, subscription: Subscription) -> Tally:
-    return Tally(service, subscription.handler_name, subscription.publisher,
-                  subscription.message_class is SoakProtectedEvent, subscription.is_store)
-
-
-def _expected(tally: Tally, names: list[str], events: int, protected_count: int) -> int:
-    """Deliveries a queue should get (before retries), to spread the drops over."""
-    if tally.store:
-        return len(names) * (events + protected_count)
-    return protected_count if tally.protected else events
-
-
-def _consumer(backend: Backend, org: str, service: _Service, tallies: dict[str, Tally],
+def _consumer(backend: Backend, org: str, service: Service, tallies: dict[str, Tally],
               max_retries: int, prefetch: int, options: TopologyOptions) -> AsyncMessageConsumer:
     """Service's consumer on connections of its own, counting what happens on its queues."""
 
@@ -287,7 +219,7 @@ def _consumer(backend: Backend, org: str, service: _Service, tallies: dict[str, 
     return consumer
 
 
-async def _dropper(probe: SoakProbe, org: str, service: _Service) -> None:
+async def _dropper(probe: SoakProbe, org: str, service: Service) -> None:
     """Cut the service's consumer connections whenever its schedule says so."""
     wanted = len(service.drops.points)
     while service.drops_done < wanted:
@@ -301,11 +233,11 @@ async def _dropper(probe: SoakProbe, org: str, service: _Service) -> None:
                         org, service.name, service.drops_done, wanted)
 
 
-async def _publish(backend: Backend, org: str, fleet: list[_Service], events: int,
+async def _publish(backend: Backend, org: str, fleet: list[Service], events: int,
                    protected_count: int, tallies: dict[str, Tally]) -> None:
     """Every service publishes its events at once, in batches."""
 
-    async def publish(service: _Service) -> None:
+    async def publish(service: Service) -> None:
         bus = AsyncDomainEventBus(backend.publisher_transport, org, service.name)
         plain = [t for t in tallies.values() if t.receives(service.name, False)]
         shielded = [t for t in tallies.values() if t.receives(service.name, True)]
@@ -333,7 +265,7 @@ def _expect(tallies: Iterable[Tally], event: DomainEvent) -> None:
         tally.published.add(event.get_message_id())
 
 
-async def _wait_until_quiet(probe: SoakProbe, fleet: list[_Service], tallies: dict[str, Tally],
+async def _wait_until_quiet(probe: SoakProbe, fleet: list[Service], tallies: dict[str, Tally],
                             drop_tasks: list[asyncio.Task[None]], timeout: float,
                             started: float) -> bool:
     """Poll until every message is accounted for and every queue is empty, twice in a row."""
@@ -355,20 +287,3 @@ async def _wait_until_quiet(probe: SoakProbe, fleet: list[_Service], tallies: di
             return True
     logger.warning("soak did not go quiet within %.0f s", timeout)
     return False
-
-
-def _service_report(service: _Service, reports: list[SubscriberReport]) -> ServiceReport:
-    mine = [r for r in reports if r.service == service.name]
-
-    def total(name: str) -> int:
-        return sum(int(getattr(r, name)) for r in mine)
-
-    return ServiceReport(
-        service=service.name, emitted=service.emitted, subscribers=len(mine),
-        published=total("published"), handled=total("handled"),
-        duplicates=total("duplicates"), retried=total("retried"),
-        dead_lettered=total("dead_lettered"),
-        handled_and_dead_lettered=total("handled_and_dead_lettered"), lost=total("lost"),
-        pending=total("pending"), unexpected=total("unexpected"),
-        chaos_nacks=total("chaos_nacks"), chaos_failures=total("chaos_failures"),
-        drops_requested=len(service.drops.points), drops_done=service.drops_done)
