@@ -6,7 +6,7 @@ nested past any recursion limit, several megabytes, binary; headers of the wrong
 Such a message is *undecodable* (``DeadLetter.problem`` says why), never an error: it is listed
 with its size and a printable preview. A message's id is its AMQP ``message_id`` when it has a
 printable one, else the ``fingerprint`` of its body. A ``Selection`` picks letters for an
-operation, a ``Report`` says what each operation did; ``requeued_headers`` are a requeued
+operation (``eventyard.dead_letter_reports`` says what it did); ``requeued_headers`` are a requeued
 copy's headers. The RabbitMQ operations are in ``eventyard.rabbitmq.dead_letters``; values are
 shown through ``eventyard.display``.
 """
@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 from eventyard import codec, naming, retry
 from eventyard.display import cut, header_int, header_text, jsonable, printable
@@ -255,68 +255,3 @@ def requeued_headers(letter: DeadLetter, now: datetime | None = None) -> dict[st
     headers[REQUEUED_AT] = (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     headers[REQUEUED_FROM] = letter.queue
     return headers
-
-
-StepOutcome = Literal["requeued", "would_requeue", "skipped", "failed", "discarded"]
-
-
-@dataclass(frozen=True, slots=True)
-class Step:
-    """What happened to one dead letter."""
-
-    queue: str
-    message_id: str | None
-    type: str | None
-    outcome: StepOutcome
-    detail: str = ""
-    id: str = ""
-    size: int = 0
-    problem: str | None = None
-
-    @property
-    def undecodable(self) -> bool:
-        """True when the message's body is undecodable (``problem`` says why)."""
-        return self.problem is not None
-
-    @classmethod
-    def of(cls, letter: DeadLetter, outcome: StepOutcome, detail: str = "") -> Step:
-        """The step ``outcome`` for ``letter``."""
-        return cls(letter.queue, letter.message_id, letter.type, outcome, detail, letter.id,
-                   letter.size, letter.problem)
-
-
-@dataclass(slots=True)
-class Report:
-    """Every step of a requeue or discard run, in order, and the asked-for ids not found."""
-
-    dry_run: bool = False
-    steps: list[Step] = field(default_factory=list)
-    not_found: list[str] = field(default_factory=list)
-
-    def count(self, outcome: StepOutcome) -> int:
-        """How many steps ended with ``outcome``."""
-        return sum(1 for s in self.steps if s.outcome == outcome)
-
-    @property
-    def failed(self) -> list[Step]:
-        """The dead letters that could not be moved (they stayed in their queue)."""
-        return [s for s in self.steps if s.outcome == "failed"]
-
-    @property
-    def undecodable(self) -> list[Step]:
-        """Undecodable messages requeued, or that would be (their subscriber will fail again)."""
-        return [s for s in self.steps if s.undecodable and s.outcome in ("requeued", "would_requeue")]
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-ready summary."""
-        return {"dry_run": self.dry_run,
-                "counts": {o: self.count(o) for o in ("requeued", "would_requeue", "skipped",
-                                                      "failed", "discarded")},
-                "not_found": list(self.not_found),
-                "steps": [{"queue": s.queue, "id": s.id, "message_id": s.message_id, "type": s.type,
-                           "outcome": s.outcome, "detail": s.detail, "size": s.size,
-                           "undecodable": s.undecodable, "problem": s.problem}
-                          for s in self.steps]}
-
-
-StepCallback = Callable[[Step], None]

@@ -32,6 +32,7 @@ from typing import Any
 
 from aiormq.abc import AbstractConnection
 
+from eventyard.dead_letter_reports import Report, Step, StepCallback, StepOutcome
 from eventyard.dead_letters import (
     ALL,
     FINGERPRINT_PREFIX,
@@ -41,11 +42,7 @@ from eventyard.dead_letters import (
     REQUEUED_FROM,
     DeadLetter,
     Failure,
-    Report,
     Selection,
-    Step,
-    StepCallback,
-    StepOutcome,
     dead_letter_queues,
     fingerprint,
     requeued_headers,

@@ -14,7 +14,8 @@ import aiormq.exceptions as amqp_errors
 from aiormq.abc import AbstractChannel, AbstractConnection, DeliveredMessage
 from pamqp import commands as spec
 
-from eventyard.dead_letters import DeadLetter, Report, StepOutcome, letter_of
+from eventyard.dead_letter_reports import Report, StepOutcome
+from eventyard.dead_letters import DeadLetter, letter_of
 from eventyard.errors import BrokerConnectionError, QueueNotFoundError
 from eventyard.rabbitmq.inspection import queue_state, reply_text, throwaway_channel
 

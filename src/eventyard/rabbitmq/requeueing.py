@@ -19,14 +19,12 @@ from pamqp import frame as amqp_frame
 from pamqp import header as amqp_header
 
 from eventyard import naming
+from eventyard.dead_letter_reports import Report, Step, StepCallback
 from eventyard.dead_letters import (
     ALL,
     NOTE_LIMIT,
     DeadLetter,
-    Report,
     Selection,
-    Step,
-    StepCallback,
     requeued_headers,
     route_for,
 )
