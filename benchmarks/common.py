@@ -104,8 +104,15 @@ def declared(plan: Plan) -> Iterator[Plan]:
             channel.queue_declare(queue.name, durable=True, arguments=dict(queue.arguments))
         for binding in topology.bindings:
             channel.queue_bind(binding.queue, binding.exchange, binding.routing_key)
+    finally:
+        connection.close()
+    try:
         yield plan
     finally:
+        # A connection of its own: one held idle through a long case misses its heartbeats
+        # and the broker drops it, which left the case's queues behind.
+        connection = blocking()
+        channel = connection.channel()
         for queue in topology.queues:
             channel.queue_delete(queue.name)
         for exchange in topology.exchanges:

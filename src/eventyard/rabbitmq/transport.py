@@ -312,9 +312,9 @@ def _publish_errors(message: OutgoingMessage) -> Iterator[None]:
 class _Consumption:
     """One queue consumed on a channel of its own; its pump runs the callback in order.
 
-    Deliveries go straight from the channel's frame reader into a deque (no task per message)
-    and the pump hands them to the callback one after the other; acks are coalesced by the
-    channel's ``Settlements``.
+    Deliveries go into a deque (from aiormq's consumer callback, or straight from the channel's
+    frame reader with the fast paths on) and the pump hands them to the callback one after the
+    other; acks are coalesced by the channel's ``Settlements``.
     """
 
     def __init__(self, transport: RabbitMqTransport, queue: str, callback: DeliveryCallback,
