@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 
 from benchmarks import raw, yard
@@ -15,7 +16,7 @@ from benchmarks.common import Plan
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.WARNING)
+    logging.basicConfig(level=getattr(logging, os.environ.get("EVENTYARD_BENCH_LOG_LEVEL", "WARNING")))
     name, plan, args = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
     program = {**raw.PROGRAMS, **yard.PROGRAMS}[name]
     result = program(Plan(**plan), **args)
