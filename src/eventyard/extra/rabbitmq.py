@@ -1,33 +1,10 @@
 """``eventyard.rabbitmq`` under the seed's import path (``petisco.extra.rabbitmq``).
 
 The same objects, not copies: ``eventyard.extra.rabbitmq.RabbitMqConnector is
-eventyard.rabbitmq.RabbitMqConnector``.
+eventyard.rabbitmq.RabbitMqConnector``; the names are ``eventyard.rabbitmq.__all__``.
 """
 
-from eventyard.rabbitmq import (
-    AsyncRabbitMqCommandBus,
-    AsyncRabbitMqDomainEventBus,
-    AsyncRabbitMqMessageConsumer,
-    ConnectionSettings,
-    RabbitMqCommandBus,
-    RabbitMqConnector,
-    RabbitMqDomainEventBus,
-    RabbitMqEventChaos,
-    RabbitMqMessageConfigurer,
-    RabbitMqMessageConsumer,
-    RabbitMqTransport,
-)
+from eventyard import rabbitmq as _rabbitmq
+from eventyard.rabbitmq import *  # noqa: F403
 
-__all__ = [
-    "AsyncRabbitMqCommandBus",
-    "AsyncRabbitMqDomainEventBus",
-    "AsyncRabbitMqMessageConsumer",
-    "ConnectionSettings",
-    "RabbitMqCommandBus",
-    "RabbitMqConnector",
-    "RabbitMqDomainEventBus",
-    "RabbitMqEventChaos",
-    "RabbitMqMessageConfigurer",
-    "RabbitMqMessageConsumer",
-    "RabbitMqTransport",
-]
+__all__ = list(_rabbitmq.__all__)
