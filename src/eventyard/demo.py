@@ -133,6 +133,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--retry-ttl", type=int, default=5000, metavar="MS",
                         help="delay before a retry, in ms (5000; instant in memory)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each step")
+    parser.add_argument("--keep", action="store_true",
+                        help="on RabbitMQ, leave the queues and the dead letter for the CLI and the "
+                        "console to look at (deleted otherwise)")
     args = parser.parse_args(argv)
 
     organization = "acme" if args.broker is None else f"demo{uuid.uuid4().hex[:6]}"
@@ -167,8 +170,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         wait_until(backend, recorder, handled=5, dead=1, timeout=args.timeout)
     finally:
         consumer.stop()
-    report(backend, recorder)
-    if args.broker is not None:
+    report(backend, recorder, keep=args.keep)
+    if args.broker is not None and args.keep:
+        say(f"\nkept on RabbitMQ: look with `eventyard dlq list -o {organization} -s {service}` or "
+            f"`eventyard console -o {organization} -s {service}`; delete with `eventyard "
+            f"dlq discard -o {organization} -s {service} -y` and the management UI")
+    elif args.broker is not None:
         configurer.clear_subscribers(subscribers)
     close = getattr(backend, "close", None)
     if callable(close):
@@ -176,12 +183,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def report(backend: Backend, recorder: MessageRecorder) -> None:
+def report(backend: Backend, recorder: MessageRecorder, *, keep: bool = False) -> None:
     """Print what happened, and the dead letters with their failure headers."""
     print(f"\n3. outcome: handled {len(recorder.handled())}, retried {len(recorder.retried())}, "
           f"dead-lettered {len(recorder.dead_lettered())}")
     if not isinstance(backend, MemoryBroker):
-        print("   (the dead letter was in RabbitMQ; the demo now deletes its throwaway topology)")
+        if not keep:
+            print("   (the dead letter was in RabbitMQ; the demo now deletes its throwaway topology)")
         return
     for letter in backend.dead_letters():
         print(f"\n   dead letter in {letter.queue}")
