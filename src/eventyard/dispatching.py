@@ -140,14 +140,8 @@ class QueueWorker:
                 self.host.notify(ConsumerEvent("chaos_nack", self.queue, None, count,
                                                     message_id=delivery.message_id))
                 return
-            if UNREADABLE_PROPERTIES in headers:
-                await self.settler.poison(delivery, unreadable(headers), count)
-                return
-            try:
-                message = codec.decode(delivery.body, expected=self.subscription.message_class,
-                                       allow_unknown=self.subscription.is_store)
-            except Exception as error:  # anything raised while decoding is poison
-                await self.settler.poison(delivery, error, count)
+            message = await self._decode_or_poison(delivery, count)
+            if message is None:
                 return
             if action is not None and action.delay_seconds:
                 await asyncio.sleep(action.delay_seconds)
@@ -158,6 +152,19 @@ class QueueWorker:
             await self.settler.settle(delivery, message, outcome, count)
         except Exception as error:
             await self.settler.recover(delivery, error)
+
+    async def _decode_or_poison(self, delivery: Delivery, count: int) -> Message | None:
+        """The delivery's message, or None once it has been dead-lettered as poison."""
+        headers = delivery.headers
+        if UNREADABLE_PROPERTIES in headers:
+            await self.settler.poison(delivery, unreadable(headers), count)
+            return None
+        try:
+            return codec.decode(delivery.body, expected=self.subscription.message_class,
+                                allow_unknown=self.subscription.is_store)
+        except Exception as error:  # anything raised while decoding is poison
+            await self.settler.poison(delivery, error, count)
+            return None
 
     async def _drain(self) -> None:
         """Process the backlog of an ordered queue whose handlers are all sync, in batches."""
@@ -180,14 +187,8 @@ class QueueWorker:
                 if self.forwarder.suspects and delivery.redelivered and await self.settler.settle_suspect(
                         delivery, count):
                     continue
-                if UNREADABLE_PROPERTIES in headers:
-                    await self.settler.poison(delivery, unreadable(headers), count)
-                    continue
-                try:
-                    message = codec.decode(delivery.body, expected=self.subscription.message_class,
-                                           allow_unknown=self.subscription.is_store)
-                except Exception as error:  # anything raised while decoding is poison
-                    await self.settler.poison(delivery, error, count)
+                message = await self._decode_or_poison(delivery, count)
+                if message is None:
                     continue
             except Exception as failure:
                 await self.settler.recover(delivery, failure)
