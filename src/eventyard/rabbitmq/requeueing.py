@@ -8,13 +8,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import aiormq.exceptions as amqp_errors
 from aiormq.abc import AbstractChannel, AbstractConnection, DeliveredMessage
 from pamqp import commands as spec
-from pamqp import encode as amqp_encode
 from pamqp import frame as amqp_frame
 from pamqp import header as amqp_header
 
@@ -22,14 +21,13 @@ from eventyard import naming
 from eventyard.dead_letter_reports import Report, Step, StepCallback
 from eventyard.dead_letters import (
     ALL,
-    NOTE_LIMIT,
     DeadLetter,
     Selection,
     requeued_headers,
     route_for,
 )
-from eventyard.display import DEPTH_LIMIT, header_text
 from eventyard.errors import BrokerConnectionError
+from eventyard.headers import encodable
 from eventyard.rabbitmq.inspection import reply_text
 from eventyard.rabbitmq.reading import BROKER_FAILURES, held_letters, lost, lost_after
 from eventyard.topology import Route
@@ -38,22 +36,6 @@ from eventyard.topology import Route
 logger = logging.getLogger("eventyard.rabbitmq.dead_letters")
 
 _FRAME_MAX = 131_072  # RabbitMQ's default, when the connection does not say
-
-
-def _encodable(value: Any, depth: int = 0) -> Any:
-    """``value`` in types pamqp can encode again: what it decoded may not be (bytes, a double
-    too large for the single-precision float pamqp writes, an integer out of range)."""
-    if isinstance(value, Mapping) and depth < DEPTH_LIMIT:
-        return {str(k): _encodable(v, depth + 1) for k, v in value.items()}
-    if isinstance(value, list | tuple) and depth < DEPTH_LIMIT:
-        return [_encodable(v, depth + 1) for v in value]
-    if isinstance(value, bytes):
-        return bytearray(value)
-    try:
-        amqp_encode.encode_table_value(value)
-    except Exception:  # anything pamqp cannot write goes as text, rather than sink the copy
-        return header_text(value, NOTE_LIMIT)
-    return value
 
 
 class CopyProblem(Exception):
@@ -91,7 +73,7 @@ def copy_properties(old: spec.Basic.Properties, letter: DeadLetter, *, delay_ms:
         properties, size = build(headers)
     except Exception:  # a header pamqp decoded but cannot write back: retry with it as text
         try:
-            properties, size = build(_encodable(headers))
+            properties, size = build(encodable(headers))
         except Exception as error:
             raise CopyProblem(f"its properties cannot be encoded again ({error})") from None
     if size > frame_max:
