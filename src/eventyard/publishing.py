@@ -50,7 +50,8 @@ def start_sending(batch: Sequence[OutgoingMessage]) -> Sending | None:
     return instruments.sending(batch) if instruments is not None else None
 
 
-def _as_list(messages: Message | Sequence[Message], kind: type[Message]) -> list[Message]:
+def as_list(messages: Message | Sequence[Message], kind: type[Message]) -> list[Message]:
+    """One message or a list of them, as a list; ``InvalidMessageError`` for another kind."""
     items: list[Message] = (
         list(messages) if isinstance(messages, list | tuple) else [messages]  # type: ignore[list-item]
     )
@@ -72,7 +73,7 @@ class _AsyncBus:
     def prepare(self, messages: Message | Sequence[Message]) -> tuple[list[Message],
                                                                      list[OutgoingMessage]]:
         """Check ``messages`` and build what goes on the wire for them."""
-        items = _as_list(messages, self._kind)
+        items = as_list(messages, self._kind)
         return items, [outgoing(self.organization, self.service, m) for m in items]
 
     async def _send(self, messages: Message | Sequence[Message]) -> None:

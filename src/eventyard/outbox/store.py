@@ -23,7 +23,7 @@ from eventyard import naming
 from eventyard.errors import ConfigurationError
 from eventyard.messages import Command, DomainEvent, Message
 from eventyard.ports import OutgoingMessage
-from eventyard.publishing import _as_list, outgoing
+from eventyard.publishing import as_list, outgoing
 
 metadata = MetaData()
 """eventyard's own tables (schema.sql creates them; this only describes them)."""
@@ -78,11 +78,11 @@ class Outbox:
 
     def publish(self, session: Session | AsyncSession, events: DomainEvent | Sequence[DomainEvent]) -> None:
         """Store one event or a list of them in ``session``'s transaction."""
-        self._store(session, "event", _as_list(events, DomainEvent))
+        self._store(session, "event", as_list(events, DomainEvent))
 
     def dispatch(self, session: Session | AsyncSession, commands: Command | Sequence[Command]) -> None:
         """Store one command or a list of them in ``session``'s transaction."""
-        self._store(session, "command", _as_list(commands, Command))
+        self._store(session, "command", as_list(commands, Command))
 
     def _store(self, session: Session | AsyncSession, kind: str, messages: list[Message]) -> None:
         if not isinstance(session, Session | AsyncSession):
