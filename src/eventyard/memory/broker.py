@@ -13,14 +13,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from types import TracebackType
 
 from eventyard import naming
+from eventyard.dead_letter_box import DeadLetterBox
 from eventyard.engine import LoopThread
 from eventyard.errors import CallTimeoutError, QueueNotFoundError
 from eventyard.headers import DEFAULT_FRAME_MAX
 from eventyard.memory.clock import Clock, RealClock, VirtualClock
+from eventyard.memory.dead_letters import open_dead_letter_box
 from eventyard.memory.inspection import QueuedMessage
 from eventyard.memory.routing import Queue
 from eventyard.memory.state import BrokerState
@@ -136,6 +139,11 @@ class MemoryBroker:
             return [QueuedMessage.of(name, stored)
                     for name, queue in sorted(self._state.queues.items())
                     if naming.is_dead_letter_queue(name) for stored in queue.ready]
+
+    def dead_letter_box(self) -> AbstractAsyncContextManager[DeadLetterBox]:
+        """The dead-letter operations (``eventyard.dead_letter_box``) on this broker, for the
+        length of an ``async with`` block."""
+        return open_dead_letter_box(self._state, self._name)
 
     def purge(self, queue: str) -> int:
         """Drop the ready messages of ``queue``; return how many."""

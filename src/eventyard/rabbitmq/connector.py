@@ -13,12 +13,15 @@ import logging
 import threading
 import weakref
 from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
 
 from eventyard.buses import NullTransport, broker_kind
+from eventyard.dead_letter_box import DeadLetterBox
 from eventyard.engine import LoopThread
 from eventyard.errors import ConfigurationError
 from eventyard.ports import Transport
 from eventyard.rabbitmq.blocking import BlockingPublisher
+from eventyard.rabbitmq.dead_letter_box import open_dead_letter_box
 from eventyard.rabbitmq.settings import ConnectionSettings, settings_from
 from eventyard.rabbitmq.transport import RabbitMqTransport
 
@@ -107,6 +110,11 @@ class RabbitMqConnector:
         await transport.connect()
         self._consumers[transport] = asyncio.get_running_loop()
         return transport
+
+    def dead_letter_box(self) -> AbstractAsyncContextManager[DeadLetterBox]:
+        """The dead-letter operations (``eventyard.dead_letter_box``) on a connection of their
+        own, for the length of an ``async with`` block."""
+        return open_dead_letter_box(self.settings, name=f"{self.name}-dead-letters")
 
     async def _close_connections(self) -> None:
         """Close the connections opened on the running loop."""

@@ -24,7 +24,6 @@ its id. Reading is in ``rabbitmq/reading.py``, requeueing in ``rabbitmq/requeuei
 from __future__ import annotations
 
 import contextlib
-import json
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from typing import Any
 
 from aiormq.abc import AbstractConnection
 
+from eventyard.dead_letter_box import json_line
 from eventyard.dead_letter_reports import Report, Step, StepCallback, StepOutcome
 from eventyard.dead_letters import (
     ALL,
@@ -175,7 +175,7 @@ async def dump(connection: AbstractConnection, queues: Sequence[str], write: Cal
                     seen |= select.ids_of(letter)
                 if not select.matches(letter):
                     continue
-                write(json.dumps(letter.to_json(), ensure_ascii=False) + "\n")
+                write(json_line(letter))
                 written += 1
                 if limit is not None and written >= limit:
                     return written
