@@ -10,7 +10,7 @@ import pytest
 
 from eventyard import BrokerConnectionError
 from eventyard.ports import OutgoingMessage
-from eventyard.rabbitmq.transport import _publish_errors
+from eventyard.rabbitmq.publishing import publish_errors
 
 MESSAGE = OutgoingMessage("acme.registration", "acme.registration.1.event.user_created", b"{}",
                           message_id="m-1")
@@ -23,7 +23,7 @@ MESSAGE = OutgoingMessage("acme.registration", "acme.registration.1.event.user_c
     ids=lambda error: type(error).__name__)
 def test_the_clients_connection_errors_are_a_lost_connection(error: BaseException) -> None:
     with pytest.raises(BrokerConnectionError, match="lost before message m-1 was confirmed"), \
-            _publish_errors(MESSAGE):
+            publish_errors(MESSAGE):
         raise error
 
 
@@ -31,6 +31,6 @@ def test_the_clients_connection_errors_are_a_lost_connection(error: BaseExceptio
     RuntimeError("a bug"), TypeError("Unknown type"), ValueError("a bug"), KeyError("a bug"),
     AttributeError("a bug")], ids=lambda error: type(error).__name__)
 def test_anything_else_is_a_bug_and_propagates_as_itself(error: BaseException) -> None:
-    with pytest.raises(type(error)) as raised, _publish_errors(MESSAGE):
+    with pytest.raises(type(error)) as raised, publish_errors(MESSAGE):
         raise error
     assert raised.value is error and not isinstance(raised.value, BrokerConnectionError)
