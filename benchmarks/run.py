@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks import common
+from benchmarks import common, rivals
 from benchmarks.common import Plan
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,6 +35,7 @@ class Case:
     target: dict[str, float] = field(default_factory=dict)  # eventyard program -> minimum ratio
     handlers: dict[str, str] = field(default_factory=dict)  # program -> handler of its queue
     retry_ttl_ms: int = 0
+    rivals: list[str] = field(default_factory=list)  # what users would pick instead (rivals.py)
 
 
 def cases(quick: bool) -> list[Case]:
@@ -44,21 +45,28 @@ def cases(quick: bool) -> list[Case]:
         return max(100, int(count * scale))
 
     return [
+        # eventyard_*_public: the same program with the fast paths off (aiormq's public API).
         Case("publish_one", "single sync publish(), one confirm at a time",
-             ["eventyard_publish_one"], ["pika_publish_one", "aio_pika_publish_one"],
-             {"count": n(2000)}, target={"eventyard_publish_one": 0.9}),
+             ["eventyard_publish_one", "eventyard_publish_one_public"],
+             ["pika_publish_one", "aio_pika_publish_one"],
+             {"count": n(2000)}, target={"eventyard_publish_one": 0.9},
+             rivals=["faststream_publish_one", "petisco_publish_one"]),
         Case("publish_batch", "publish([...]) of 20,000 events (raw: window 256)",
-             ["eventyard_publish_batch"], ["aiormq_publish_batch"],
-             {"count": n(20_000)}, target={"eventyard_publish_batch": 1.0}),
+             ["eventyard_publish_batch", "eventyard_publish_batch_public"], ["aiormq_publish_batch"],
+             {"count": n(20_000)}, target={"eventyard_publish_batch": 1.0},
+             rivals=["faststream_publish_batch", "petisco_publish_batch"]),
         Case("consume", "consume + ack, no-op handler, prefetch 256 (prefilled queue)",
-             ["eventyard_consume_async", "eventyard_consume_sync"],
+             ["eventyard_consume_async", "eventyard_consume_sync", "eventyard_consume_async_public",
+              "eventyard_consume_sync_public"],
              ["aiormq_consume", "pika_consume"],
              {"count": n(20_000)}, prefill=n(20_000),
-             target={"eventyard_consume_async": 1.0, "eventyard_consume_sync": 0.8},
-             handlers={"eventyard_consume_async": "anoop"}),
+             target={"eventyard_consume_async": 1.0, "eventyard_consume_sync": 0.9},
+             handlers={"eventyard_consume_async": "anoop", "eventyard_consume_async_public": "anoop"},
+             rivals=["faststream_consume", "petisco_consume"]),
         Case("retry", "retry path: every handler fails once (retry TTL 0)",
              ["eventyard_retry"], ["aiormq_retry"], {"count": n(5000)}, prefill=n(5000),
-             handlers={"eventyard_retry": "anoop", "aiormq_retry": "anoop"}),
+             handlers={"eventyard_retry": "anoop", "aiormq_retry": "anoop", "petisco_retry": "anoop"},
+             rivals=["petisco_retry"]),
         # Instrumentation: each eventyard program beside the same one with its instruments
         # switched off ("raw" here); the default has the OpenTelemetry API and no SDK set up.
         Case("otel_publish", "publish([...]) of 20,000: OpenTelemetry on (SDK, exporter "
@@ -100,7 +108,7 @@ def percentile(values: list[float], fraction: float) -> float:
 
 def run_case(case: Case, rounds: int, log: Callable[[str], None]) -> dict[str, list[dict[str, Any]]]:
     """Every program of ``case``, ``rounds`` times, in an order that rotates each round."""
-    programs = case.yard + case.raw
+    programs = case.yard + case.raw + case.rivals
     plans = {handler: common.new_plan(handler, case.retry_ttl_ms)
              for handler in {case.handlers.get(p, "noop") for p in programs}}
     results: dict[str, list[dict[str, Any]]] = {p: [] for p in programs}
@@ -150,7 +158,8 @@ def summarize(case: Case, results: dict[str, list[dict[str, Any]]]) -> list[dict
                      "spread": spreads[program], "raw": best_raw, "raw_rate": medians[best_raw],
                      "raw_spread": spreads[best_raw], "ratio": ratio,
                      "target": case.target.get(program),
-                     "others": {p: medians[p] for p in case.raw if p != best_raw}})
+                     "others": {p: medians[p] for p in case.raw if p != best_raw},
+                     "rivals": {p: medians[p] for p in case.rivals}})
     return rows
 
 
@@ -184,6 +193,8 @@ def render(rows: list[dict[str, Any]], mem: list[dict[str, Any]]) -> str:
                      f"{row['raw_rate']:,.0f} | {row['ratio']:.2f}{mark} | {target} |")
         for other, value in row["others"].items():
             lines.append(f"| | | | {other} | {value:,.0f} | {row['rate'] / value:.2f} | |")
+        for rival, value in row.get("rivals", {}).items():
+            lines.append(f"| | | | rival: {rival} | {value:,.0f} | {row['rate'] / value:.2f} | |")
     latency = [r for r in rows if "p50_ms" in r]
     if latency:
         lines += ["", "| latency at a fixed rate | p50 ms | p99 ms |", "|---|---:|---:|"]
@@ -214,16 +225,17 @@ def main(argv: list[str] | None = None) -> None:
     chosen = {c for c in options.only.split(",") if c}
     info = common.machine()
     log("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()))
-    try:
-        import petisco  # type: ignore[import-not-found]  # noqa: F401
-    except ImportError:
-        log("petisco is not importable: its comparison is skipped")
+    no_petisco = rivals.petisco_usable()
+    if no_petisco:
+        log(f"{no_petisco}: its comparison is skipped")
     started = time.monotonic()
     rows: list[dict[str, Any]] = []
     raw_results: dict[str, Any] = {}
     for case in cases(options.quick):
         if chosen and case.name not in chosen:
             continue
+        if no_petisco:
+            case.rivals = [p for p in case.rivals if not p.startswith("petisco_")]
         log(f"{case.name}: {case.title}")
         results = run_case(case, options.rounds, log)
         raw_results[case.name] = results

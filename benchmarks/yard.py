@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from typing import Any
@@ -228,7 +229,40 @@ def consume_async_off(plan: Plan, count: int, sample_every: int = 0) -> dict[str
     return consume_async(plan, count, sample_every)
 
 
+def _fast_paths_off() -> None:
+    """aiormq's public API alone (``EVENTYARD_AMQP_FAST_PATHS=0``), as on an unlisted aiormq."""
+    os.environ["EVENTYARD_AMQP_FAST_PATHS"] = "0"
+
+
+def publish_one_public(plan: Plan, count: int) -> dict[str, Any]:
+    """``publish_one`` with the fast paths off."""
+    _fast_paths_off()
+    return publish_one(plan, count)
+
+
+def publish_batch_public(plan: Plan, count: int) -> dict[str, Any]:
+    """``publish_batch`` with the fast paths off."""
+    _fast_paths_off()
+    return publish_batch(plan, count)
+
+
+def consume_sync_public(plan: Plan, count: int, sample_every: int = 0) -> dict[str, Any]:
+    """``consume_sync`` with the fast paths off."""
+    _fast_paths_off()
+    return consume_sync(plan, count, sample_every)
+
+
+def consume_async_public(plan: Plan, count: int, sample_every: int = 0) -> dict[str, Any]:
+    """``consume_async`` with the fast paths off."""
+    _fast_paths_off()
+    return consume_async(plan, count, sample_every)
+
+
 PROGRAMS = {
+    "eventyard_publish_one_public": publish_one_public,
+    "eventyard_publish_batch_public": publish_batch_public,
+    "eventyard_consume_sync_public": consume_sync_public,
+    "eventyard_consume_async_public": consume_async_public,
     "eventyard_publish_batch_otel": publish_batch_otel,
     "eventyard_publish_batch_off": publish_batch_off,
     "eventyard_consume_async_otel": consume_async_otel,
