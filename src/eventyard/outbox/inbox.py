@@ -10,41 +10,28 @@ lock, then finds it (or, if the first failed, runs).
 
 from __future__ import annotations
 
-import contextvars
 import functools
 import inspect
-import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.orm import sessionmaker
 
 from eventyard.errors import ConfigurationError
 from eventyard.messages import Message
+from eventyard.outbox.base import SESSION as _SESSION
+from eventyard.outbox.base import check_window, current_session, handler_key, message_of, skipped
 from eventyard.subscribers import outcome_of
 
-logger = logging.getLogger(__name__)
+__all__ = ["current_session", "idempotent", "purge_inbox"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 _CLAIM = text("INSERT INTO eventyard_inbox (handler, message_id) VALUES (:handler, :message_id) "
               "ON CONFLICT DO NOTHING RETURNING 1")
 _EXPIRE = text("DELETE FROM eventyard_inbox WHERE handled_at < now() - make_interval(secs => :age)")
-
-_SESSION: contextvars.ContextVar[Session | AsyncSession | None] = contextvars.ContextVar(
-    "eventyard_inbox_session", default=None)
-
-
-def current_session() -> Any:
-    """The session of the idempotent handler running now (its writes commit with its record)."""
-    session = _SESSION.get()
-    if session is None:
-        raise ConfigurationError("current_session() is only available inside a handler "
-                                 "decorated with @idempotent(...)")
-    return session
-
 
 def idempotent(sessions: sessionmaker[Any] | async_sessionmaker[Any], *,
                name: str | None = None) -> Callable[[F], F]:
@@ -56,21 +43,19 @@ def idempotent(sessions: sessionmaker[Any] | async_sessionmaker[Any], *,
     """
 
     def decorate(handler: F) -> F:
-        key = name or f"{handler.__module__}.{handler.__qualname__}"
-        if not isinstance(key, str) or not key or len(key) > 500:
-            raise ConfigurationError(f"idempotent handler name must be 1..500 characters: {key!r}")
+        key = handler_key(handler, name)
         if inspect.iscoroutinefunction(handler):
             if not isinstance(sessions, async_sessionmaker):
                 raise ConfigurationError(f"async handler {key} needs an async_sessionmaker")
 
             @functools.wraps(handler)
             async def run_async(*args: Any, **kwargs: Any) -> Any:
-                message = _message_of(args, key)
+                message = message_of(args, key)
                 async with sessions() as session:
                     claimed = (await session.execute(_CLAIM, _params(key, message))).first()
                     if claimed is None:
                         await session.rollback()
-                        _skipped(key, message)
+                        skipped(key, message)
                         return None
                     token = _SESSION.set(session)
                     try:
@@ -92,11 +77,11 @@ def idempotent(sessions: sessionmaker[Any] | async_sessionmaker[Any], *,
 
         @functools.wraps(handler)
         def run(*args: Any, **kwargs: Any) -> Any:
-            message = _message_of(args, key)
+            message = message_of(args, key)
             with sessions() as session:
                 if session.execute(_CLAIM, _params(key, message)).first() is None:
                     session.rollback()
-                    _skipped(key, message)
+                    skipped(key, message)
                     return None
                 token = _SESSION.set(session)
                 try:
@@ -117,20 +102,8 @@ def idempotent(sessions: sessionmaker[Any] | async_sessionmaker[Any], *,
     return decorate
 
 
-def _message_of(args: tuple[Any, ...], key: str) -> Message:
-    message = args[-1] if args else None
-    if not isinstance(message, Message):
-        raise ConfigurationError(f"idempotent handler {key} was called without a message")
-    return message
-
-
 def _params(key: str, message: Message) -> dict[str, str]:
     return {"handler": key, "message_id": str(message.get_message_id())}
-
-
-def _skipped(key: str, message: Message) -> None:
-    logger.info("%s already handled %s %s: acked without running it", key,
-                message.get_message_name(), message.get_message_id())
 
 
 async def purge_inbox(engine: AsyncEngine, window: float) -> int:
@@ -139,8 +112,7 @@ async def purge_inbox(engine: AsyncEngine, window: float) -> int:
     After that, a copy of such a message would run its handler again: keep the window longer
     than any redelivery can take (retries, dead-letter requeues).
     """
-    if isinstance(window, bool) or not isinstance(window, int | float) or not window > 0:
-        raise ConfigurationError(f"inbox window must be a positive number of seconds, got {window!r}")
+    age = check_window(window)
     async with engine.begin() as connection:
-        result = await connection.execute(_EXPIRE, {"age": float(window)})
+        result = await connection.execute(_EXPIRE, {"age": age})
     return int(getattr(result, "rowcount", 0) or 0)

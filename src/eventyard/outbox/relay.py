@@ -12,18 +12,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from eventyard.errors import ConfigurationError
+from eventyard.outbox.base import RelaySettings, Stored, send_batch
 from eventyard.outbox.inbox import purge_inbox
 from eventyard.ports import OutgoingMessage, TransportSource
-from eventyard.publishing import start_sending
+
+__all__ = ["CHANNEL", "OutboxRelay", "RelaySettings"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,35 +47,6 @@ _DELETE_SENT = text(
     "DELETE FROM eventyard_outbox WHERE id IN (SELECT id FROM eventyard_outbox WHERE sent_at < "
     "now() - make_interval(secs => :age) LIMIT :limit)"
 )
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class RelaySettings:
-    """How a relay works: batch size, the fallback poll, and how long sent rows are kept."""
-
-    batch_size: int = 500
-    poll_interval: float = 5.0  # seconds between polls when no NOTIFY comes
-    retention: float = 7 * 24 * 3600.0  # seconds a sent row is kept (for inspection)
-    cleanup_interval: float = 60.0  # seconds between clean-ups of sent rows (and inbox rows)
-    # Seconds an inbox row is kept (a copy arriving later runs its handler again); None: the
-    # relay leaves the inbox alone.
-    inbox_window: float | None = 7 * 24 * 3600.0
-    retry_delay: float = 0.5  # first wait after a failed batch, doubling up to max_retry_delay
-    max_retry_delay: float = 10.0
-
-    def __post_init__(self) -> None:
-        if (isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int)
-                or not 1 <= self.batch_size <= 100_000):
-            raise ConfigurationError(f"batch_size must be 1..100000, got {self.batch_size!r}")
-        for name in ("poll_interval", "retention", "cleanup_interval", "retry_delay",
-                     "max_retry_delay", "inbox_window"):
-            value = getattr(self, name)
-            if value is None and name == "inbox_window":
-                continue
-            if (isinstance(value, bool) or not isinstance(value, int | float)
-                    or not math.isfinite(value) or value <= 0):
-                raise ConfigurationError(f"{name} must be a positive number of seconds, "
-                                         f"got {value!r}")
 
 
 class OutboxRelay:
@@ -139,21 +110,8 @@ class OutboxRelay:
         return [row for row in rows if row.id in ready]
 
     async def _publish(self, rows: Sequence[Any], batch: list[OutgoingMessage]) -> None:
-        transport = await self.transports()
-        sending = start_sending(batch)
-        try:
-            unroutable = await transport.publish(batch)
-        except BaseException as error:
-            if sending is not None:
-                sending.end(error)
-            raise
-        if sending is not None:
-            sending.end(None)
-        for index in unroutable:
-            row = rows[index]
-            # Marked sent all the same: publishing it again would reach no queue either.
-            log = logger.error if row.kind == "command" else logger.warning
-            log("outbox %s %s (%s) reached no queue", row.kind, row.message_type, row.routing_key)
+        await send_batch(self.transports, batch,
+                         [Stored(row.kind, row.message_type, row.routing_key) for row in rows])
 
     async def cleanup(self) -> int:
         """Delete sent rows older than the retention period; return how many went."""
@@ -194,8 +152,7 @@ class OutboxRelay:
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # database or broker gone: wait, then start over
-                delay = min(self.settings.retry_delay * 2 ** min(self._failures, 30),
-                            self.settings.max_retry_delay)
+                delay = self.settings.retry_after(self._failures)
                 self._failures += 1
                 self.failures += 1
                 logger.warning("outbox relay: %s: %s; retrying in %.2f s", type(error).__name__,

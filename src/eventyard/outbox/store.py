@@ -1,4 +1,4 @@
-"""Storing messages in the application's transaction: the ``Outbox`` and its table."""
+"""The outbox table on PostgreSQL through SQLAlchemy: rows added to the caller's session."""
 
 from __future__ import annotations
 
@@ -19,11 +19,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session, registry
 
-from eventyard import naming
-from eventyard.errors import ConfigurationError
-from eventyard.messages import Command, DomainEvent, Message
 from eventyard.ports import OutgoingMessage
-from eventyard.publishing import as_list, outgoing
 
 metadata = MetaData()
 """eventyard's own tables (schema.sql creates them; this only describes them)."""
@@ -64,33 +60,14 @@ class OutboxRow:
 registry().map_imperatively(OutboxRow, outbox_table)
 
 
-class Outbox:
-    """Stores a service's events and commands in the caller's database transaction.
+def add_rows(session: Session | AsyncSession, kind: str, messages: Sequence[OutgoingMessage]) -> None:
+    """Add ``messages`` to ``session`` (written when it flushes, kept only if it commits)."""
+    # An AsyncSession's add_all is synchronous too: one function serves both APIs.
+    session.add_all([OutboxRow(kind, message) for message in messages])
 
-    ``publish``/``dispatch`` add rows to a SQLAlchemy ``Session`` or ``AsyncSession``: they are
-    written when the session flushes and exist only if its transaction commits. An
-    ``OutboxRelay`` publishes them afterwards, in the order they were stored.
-    """
 
-    def __init__(self, organization: str, service: str) -> None:
-        self.organization = naming.check_word(organization, "organization")
-        self.service = naming.check_word(service, "service")
-
-    def publish(self, session: Session | AsyncSession, events: DomainEvent | Sequence[DomainEvent]) -> None:
-        """Store one event or a list of them in ``session``'s transaction."""
-        self._store(session, "event", as_list(events, DomainEvent))
-
-    def dispatch(self, session: Session | AsyncSession, commands: Command | Sequence[Command]) -> None:
-        """Store one command or a list of them in ``session``'s transaction."""
-        self._store(session, "command", as_list(commands, Command))
-
-    def _store(self, session: Session | AsyncSession, kind: str, messages: list[Message]) -> None:
-        if not isinstance(session, Session | AsyncSession):
-            raise ConfigurationError(
-                f"Outbox needs a SQLAlchemy Session or AsyncSession, got {type(session).__name__}")
-        rows = [OutboxRow(kind, outgoing(self.organization, self.service, m)) for m in messages]
-        # An AsyncSession's add_all is synchronous too: one method serves both APIs.
-        session.add_all(rows)
+def is_session(session: object) -> bool:
+    return isinstance(session, Session | AsyncSession)
 
 
 async def pending_count(bind: AsyncEngine | AsyncConnection) -> int:

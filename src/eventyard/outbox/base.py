@@ -1,0 +1,126 @@
+"""What every outbox store shares, with no database library: the relay's settings, publishing a
+batch, and the idempotent handler's session and message.
+
+Nothing here imports SQLAlchemy, so the SQLite store (stdlib ``sqlite3``) works without the
+``outbox`` extra.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from eventyard.errors import ConfigurationError
+from eventyard.messages import Message
+from eventyard.ports import OutgoingMessage, TransportSource
+from eventyard.publishing import start_sending
+
+logger = logging.getLogger("eventyard.outbox.relay")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RelaySettings:
+    """How a relay works: batch size, the fallback poll, and how long sent rows are kept."""
+
+    batch_size: int = 500
+    poll_interval: float = 5.0  # seconds between polls when no NOTIFY comes
+    retention: float = 7 * 24 * 3600.0  # seconds a sent row is kept (for inspection)
+    cleanup_interval: float = 60.0  # seconds between clean-ups of sent rows (and inbox rows)
+    # Seconds an inbox row is kept (a copy arriving later runs its handler again); None: the
+    # relay leaves the inbox alone.
+    inbox_window: float | None = 7 * 24 * 3600.0
+    retry_delay: float = 0.5  # first wait after a failed batch, doubling up to max_retry_delay
+    max_retry_delay: float = 10.0
+
+    def __post_init__(self) -> None:
+        if (isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int)
+                or not 1 <= self.batch_size <= 100_000):
+            raise ConfigurationError(f"batch_size must be 1..100000, got {self.batch_size!r}")
+        for name in ("poll_interval", "retention", "cleanup_interval", "retry_delay",
+                     "max_retry_delay", "inbox_window"):
+            value = getattr(self, name)
+            if value is None and name == "inbox_window":
+                continue
+            if (isinstance(value, bool) or not isinstance(value, int | float)
+                    or not math.isfinite(value) or value <= 0):
+                raise ConfigurationError(f"{name} must be a positive number of seconds, "
+                                         f"got {value!r}")
+
+    def retry_after(self, failures: int) -> float:
+        """The wait after ``failures`` failed batches in a row (doubling, capped)."""
+        return float(min(self.retry_delay * 2 ** min(failures, 30), self.max_retry_delay))
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """What the relay logs of a stored message that reached no queue."""
+
+    kind: str
+    message_type: str | None
+    routing_key: str
+
+
+async def send_batch(transports: TransportSource, batch: list[OutgoingMessage],
+                     stored: Sequence[Stored]) -> None:
+    """Publish ``batch`` and wait for the broker's confirms; log what reached no queue."""
+    transport = await transports()
+    sending = start_sending(batch)
+    try:
+        unroutable = await transport.publish(batch)
+    except BaseException as error:
+        if sending is not None:
+            sending.end(error)
+        raise
+    if sending is not None:
+        sending.end(None)
+    for index in unroutable:
+        row = stored[index]
+        # Marked sent all the same: publishing it again would reach no queue either.
+        log = logger.error if row.kind == "command" else logger.warning
+        log("outbox %s %s (%s) reached no queue", row.kind, row.message_type, row.routing_key)
+
+
+SESSION: contextvars.ContextVar[Any] = contextvars.ContextVar("eventyard_inbox_session",
+                                                             default=None)
+
+
+def current_session() -> Any:
+    """The session (or SQLite connection) of the idempotent handler running now: its writes
+    commit with the handler's inbox record."""
+    session = SESSION.get()
+    if session is None:
+        raise ConfigurationError("current_session() is only available inside a handler "
+                                 "decorated with @idempotent(...)")
+    return session
+
+
+def handler_key(handler: Any, name: str | None) -> str:
+    """The handler's name in the inbox (``name``, else its module and qualified name)."""
+    key = name or f"{handler.__module__}.{handler.__qualname__}"
+    if not isinstance(key, str) or not key or len(key) > 500:
+        raise ConfigurationError(f"idempotent handler name must be 1..500 characters: {key!r}")
+    return key
+
+
+def message_of(args: tuple[Any, ...], key: str) -> Message:
+    """The message a handler was called with (its last positional argument)."""
+    message = args[-1] if args else None
+    if not isinstance(message, Message):
+        raise ConfigurationError(f"idempotent handler {key} was called without a message")
+    return message
+
+
+def skipped(key: str, message: Message) -> None:
+    logging.getLogger("eventyard.outbox.inbox").info(
+        "%s already handled %s %s: acked without running it", key, message.get_message_name(),
+        message.get_message_id())
+
+
+def check_window(window: float) -> float:
+    if isinstance(window, bool) or not isinstance(window, int | float) or not window > 0:
+        raise ConfigurationError(f"inbox window must be a positive number of seconds, got {window!r}")
+    return float(window)
