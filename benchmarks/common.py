@@ -175,7 +175,14 @@ def machine() -> dict[str, str]:
                        cpu)
     except OSError:
         pass
+    from importlib.metadata import PackageNotFoundError
     from importlib.metadata import version as dist_version
+
+    def installed(name: str) -> str:
+        try:
+            return f"{name} {dist_version(name)}"
+        except PackageNotFoundError:
+            return f"{name} (not installed)"
 
     return {
         "nproc": str(os.cpu_count()),
@@ -184,8 +191,8 @@ def machine() -> dict[str, str]:
         "rabbitmq": str(version),
         "python": platform.python_version(),
         "os": platform.platform(terse=True),
-        "clients": ", ".join(f"{name} {dist_version(name)}"
-                             for name in ("pika", "aiormq", "aio-pika", "pamqp", "pydantic")),
+        "clients": ", ".join(installed(name) for name in ("pika", "aiormq", "aio-pika", "pamqp",
+                                                          "pydantic", "faststream", "petisco")),
     }
 
 
