@@ -50,3 +50,10 @@ async def test_the_service_and_the_idempotent_handler_of_the_docs_run(
         assert [s.handlers()[0][0] for s in names["subscribers"]] == ["charge_order"]
     finally:
         await names["engine"].dispose()
+
+
+async def test_the_sqlite_example_of_the_docs_runs() -> None:
+    block = next(b for b in python_blocks() if "SqliteOutboxStore()" in b)
+    names: dict[str, Any] = {}
+    exec(compile(block, str(DOC), "exec"), names)  # our own documentation
+    await names["test_a_committed_order_is_charged_once"]()
