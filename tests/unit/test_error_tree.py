@@ -20,7 +20,7 @@ ERROR_CLASSES = {name: cls for name, cls in vars(errors).items()
                  if inspect.isclass(cls) and issubclass(cls, BaseException)}
 
 # Exceptions that never leave the module that raises them (control flow, caught right there).
-INTERNAL = {"CopyProblem", "HandshakeRefused", "_ChannelClosed", "_ConnectionClosed"}
+INTERNAL = {"CopyProblem", "HandshakeRefused", "ChannelClosed", "ConnectionClosed"}
 
 # Builtin errors still raised on purpose, and why each is right as it is.
 BUILTIN_ALLOWED = {
@@ -31,7 +31,7 @@ BUILTIN_ALLOWED = {
     # Parse errors of a frame decoder, caught by its caller and turned into a frame error.
     ("rabbitmq/lenient.py", "ValueError"),
     # A socket deadline, caught by its caller and turned into a PublishTimeoutError.
-    ("rabbitmq/blocking.py", "TimeoutError"),
+    ("rabbitmq/blocking_connection.py", "TimeoutError"),
     # A mapping-style lookup in a topology the application built itself.
     ("topology.py", "KeyError"),
     # Abstract methods of a base class.
