@@ -40,8 +40,10 @@ from eventyard.topology import (
     route_of,
     subscription_queue,
 )
+from eventyard.watchdog import DEFAULT_HANDLER_TIMEOUT, watch
 
-__all__ = ["AsyncMessageConsumer", "ConsumerEvent", "ConsumerSettings", "EventKind", "Observer"]
+__all__ = ["DEFAULT_HANDLER_TIMEOUT", "AsyncMessageConsumer", "ConsumerEvent", "ConsumerSettings",
+           "EventKind", "Observer"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +56,9 @@ class ConsumerSettings:
 
     ``retry`` is the retry policy of subscribers that set none (None: the fixed delay of the
     retry queue, with the consumer's ``max_retries``); ``handler_timeout`` bounds each handler
-    run of subscribers that set no ``timeout``, in seconds (None: no bound).
+    run of subscribers that set no ``timeout``, in seconds: ``DEFAULT_HANDLER_TIMEOUT`` (900 s,
+    well below RabbitMQ's default ``consumer_timeout`` of 1800 s) unless set; None turns the
+    bound off (a handler may then hold its delivery unacked for as long as it runs).
     """
 
     prefetch: int = 10
@@ -63,7 +67,7 @@ class ConsumerSettings:
     store_queue: str = "store"
     declare_missing: bool = True
     retry: RetryPolicy | None = None
-    handler_timeout: float | None = None
+    handler_timeout: float | None = DEFAULT_HANDLER_TIMEOUT
 
     def __post_init__(self) -> None:
         check_retry_policy(self.retry, "ConsumerSettings.retry")
@@ -103,6 +107,7 @@ class AsyncMessageConsumer:
         self._consumptions: list[Consumption] = []
         self._running: set[asyncio.Task[None]] = set()
         self._executor: DaemonThreadPool | None = None
+        self._watchdog: asyncio.Task[None] | None = None
         self._transport: Transport | None = None
         self._stopped = asyncio.Event()
         self._stopping = False
@@ -149,10 +154,15 @@ class AsyncMessageConsumer:
             self._executor = DaemonThreadPool(max(1, min(64, workers)), "eventyard-handler")
         try:
             delayed: list[QueueWorker] = []
+            watched = []
             for subscription in subscriptions:
                 queue = subscription_queue(self.organization, self.service, subscription,
                                            self.store_queue)
                 worker = self._worker(subscription, queue)
+                if worker.watched is not None:
+                    watched.append(worker.watched)
+                    if self._watchdog is None:  # before the first delivery can arrive
+                        self._watchdog = asyncio.get_running_loop().create_task(watch(watched))
                 self._consumptions.append(await self._consume(subscription, queue, worker))
                 if worker.delayed:
                     delayed.append(worker)
@@ -218,6 +228,9 @@ class AsyncMessageConsumer:
                 await asyncio.wait(pending, timeout=_CANCEL_SECONDS)
                 break
             await asyncio.wait(pending, timeout=left)
+        watchdog, self._watchdog = self._watchdog, None
+        if watchdog is not None:
+            watchdog.cancel()
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None

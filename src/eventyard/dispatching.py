@@ -9,25 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import logging
 import time
-from collections import deque
 from typing import Any, Protocol
 
 from eventyard import codec
+from eventyard.batching import SyncBatches
 from eventyard.chaos import EventChaos, SimulatedChaosFailure
 from eventyard.forwarding import Forwarder
 from eventyard.messages import Message
 from eventyard.observability import HANDLING, INSTRUMENTS
 from eventyard.ports import UNREADABLE_PROPERTIES, Delivery
 from eventyard.retry import DELAY_LEFT, Decision, RetryPolicy, redelivery_count
-from eventyard.running import (
-    DaemonThreadPool,
-    call_handlers_timed,
-    call_sync_handler,
-    failure_of,
-)
+from eventyard.running import DaemonThreadPool, failure_of, run_on_pool
 from eventyard.settling import ConsumerEvent, ConsumerHost, Settler, unreadable
 from eventyard.subscribers import (
     SUCCESS,
@@ -38,16 +32,10 @@ from eventyard.subscribers import (
     outcome_of_exception,
 )
 from eventyard.topology import Route
+from eventyard.watchdog import CONSUMER_TIMEOUT, Watched, timed_out
 
 # The consumer's logs keep the one logger name that docs/observability.md documents.
 logger = logging.getLogger("eventyard.consuming")
-
-# Sync handlers of an ordered queue run in batches on the thread pool (one hand-off per batch,
-# not per message); a batch returns after this long so its acks are never held back for long.
-_BATCH_SECONDS = 0.02
-_BATCH_LIMIT = 512
-# RabbitMQ's default consumer_timeout: a delivery unacked for longer closes the channel.
-_CONSUMER_TIMEOUT_SECONDS = 1800.0
 
 
 class WorkerHost(ConsumerHost, Protocol):
@@ -83,28 +71,29 @@ class QueueWorker:
         self.policy = policy
         self.delayed = not self.policy.is_default  # its retries go through the delay ladder
         self.timeout = timeout
-        if self.timeout is not None and self.timeout >= _CONSUMER_TIMEOUT_SECONDS:
+        if timeout is not None and timeout >= CONSUMER_TIMEOUT:
             logger.warning("the handler timeout of %s (%g s) is not below RabbitMQ's default "
                            "consumer_timeout (%g s): a delivery unacked that long closes its "
-                           "channel", queue, self.timeout, _CONSUMER_TIMEOUT_SECONDS)
+                           "channel", queue, timeout, CONSUMER_TIMEOUT)
+        # What the watchdog looks at (None: no timeout, nothing recorded).
+        self.watched = Watched(timeout, host.executor) if timeout is not None else None
         self.slots = asyncio.Semaphore(concurrency)
         self.ordered = concurrency == 1
-        self.batched = (self.ordered and host.chaos is None and not self.delayed
-                        and self.timeout is None
-                        and not any(is_async for _, is_async in self.handlers))
-        self.backlog: deque[Delivery] = deque()
-        self.drainer: asyncio.Task[None] | None = None
         self.forwarder = Forwarder(host, queue, route)
         self.settler = Settler(host, queue, self.forwarder, policy, delayed=self.delayed,
                                ordered=self.ordered)
+        # Sync handlers of an ordered queue run in batches on the pool (batching.py).
+        batched = (self.ordered and host.chaos is None and not self.delayed
+                   and not any(is_async for _, is_async in self.handlers))
+        self.batches = SyncBatches(
+            host, subscription.handlers, subscription.handler_name, settler=self.settler,
+            forwarder=self.forwarder, decode=self._decode_or_poison, fate=self._fate,
+            watched=self.watched) if batched else None
 
     async def on_delivery(self, delivery: Delivery) -> None:
         """Take ``delivery`` from the transport: process it now, or queue it for a batch."""
-        if self.batched:
-            self.backlog.append(delivery)
-            if self.drainer is None or self.drainer.done():
-                self.drainer = asyncio.get_running_loop().create_task(self._drain())
-                self.host.track(self.drainer)
+        if self.batches is not None:
+            self.batches.add(delivery)
             return
         if self.ordered:
             task = asyncio.current_task()
@@ -166,83 +155,6 @@ class QueueWorker:
             await self.settler.poison(delivery, error, count)
             return None
 
-    async def _drain(self) -> None:
-        """Process the backlog of an ordered queue whose handlers are all sync, in batches."""
-        backlog = self.backlog
-        while backlog:
-            if self.host.stopping:  # not started: back to the queue
-                while backlog:
-                    with contextlib.suppress(Exception):
-                        await backlog.popleft().reject(requeue=True)
-                return
-            batch = [backlog.popleft() for _ in range(min(len(backlog), _BATCH_LIMIT))]
-            await self._process_batch(batch)
-
-    async def _process_batch(self, batch: list[Delivery]) -> None:
-        decoded: list[tuple[Delivery, Message, int]] = []
-        for delivery in batch:
-            headers = delivery.headers
-            count = redelivery_count(headers)
-            try:
-                if self.forwarder.suspects and delivery.redelivered and await self.settler.settle_suspect(
-                        delivery, count):
-                    continue
-                message = await self._decode_or_poison(delivery, count)
-                if message is None:
-                    continue
-            except Exception as failure:
-                await self.settler.recover(delivery, failure)
-                continue
-            decoded.append((delivery, message, count))
-        loop = asyncio.get_running_loop()
-        done = 0
-        while done < len(decoded):
-            outcomes: list[Outcome] = []  # filled by the handler thread as it goes
-            try:
-                await loop.run_in_executor(self.host.executor, self._handle_in_thread,
-                                           decoded[done:], loop, outcomes)
-            except asyncio.CancelledError:
-                # Stopped while a handler of this batch hangs: ack the messages handled before
-                # it, so that they do not run again (the others come back).
-                for (delivery, _, _), outcome in zip(decoded[done:], list(outcomes), strict=False):
-                    if outcome.success:
-                        with contextlib.suppress(Exception):
-                            await delivery.ack()
-                raise
-            for (delivery, message, count), outcome in zip(decoded[done:], outcomes, strict=False):
-                try:
-                    await self.settler.settle(delivery, message, outcome, count)
-                except Exception as error:
-                    await self.settler.recover(delivery, error)
-            done += len(outcomes)
-
-    def _handle_in_thread(self, items: list[tuple[Delivery, Message, int]],
-                          loop: asyncio.AbstractEventLoop, outcomes: list[Outcome]) -> None:
-        """Run the sync handlers for each message in order, for at most about
-        ``_BATCH_SECONDS``; append the outcome of each to ``outcomes`` as soon as it is known."""
-        deadline = time.monotonic() + _BATCH_SECONDS
-        instruments = INSTRUMENTS.active
-        for delivery, message, count in items:
-            token = HANDLING.set(message)  # what it publishes is caused by it
-            processing = (instruments.processing(delivery, message, count + 1)
-                          if instruments is not None else None)
-            entered = processing.enter() if processing is not None else None
-            outcome = SUCCESS
-            try:
-                for handler, _ in self.handlers:
-                    outcome = call_sync_handler(handler, message, loop)
-                    if not outcome.success:
-                        break
-            finally:
-                if processing is not None:
-                    processing.leave(entered)
-                HANDLING.reset(token)
-            if processing is not None:
-                processing.end(outcome, self._fate(outcome, count))
-            outcomes.append(outcome)
-            if time.monotonic() >= deadline:
-                break
-
     def _fate(self, outcome: Outcome, count: int) -> bool | None:
         """None if ``outcome`` is a success, else True if it will be retried."""
         if outcome.success:
@@ -266,10 +178,15 @@ class QueueWorker:
         return outcome
 
     async def _call_handlers(self, message: Message) -> Outcome:
-        if self.timeout is not None:
-            return await call_handlers_timed(self.handlers, message, self.timeout)
+        watched = self.watched
         for handler, is_async in self.handlers:
-            if is_async:
+            if not is_async:
+                executor = self.host.executor
+                assert executor is not None
+                outcome = await run_on_pool(executor, handler, message,
+                                            asyncio.get_running_loop(),
+                                            watched.runs if watched is not None else None)
+            elif watched is None:
                 try:
                     returned: Any = await handler(message)
                 except BaseException as error:  # a stop of ours or a real interrupt re-raises
@@ -278,15 +195,28 @@ class QueueWorker:
                     outcome = (SUCCESS if returned is None or returned is True
                                else outcome_of(returned))
             else:
-                loop = asyncio.get_running_loop()
-                # The pool's thread runs it in this context: the message being handled, the
-                # current span (run_in_executor alone would leave them behind).
-                outcome = await loop.run_in_executor(
-                    self.host.executor, contextvars.copy_context().run, call_sync_handler,
-                    handler, message, loop)
+                outcome = await self._call_watched(handler, message, watched)
             if not outcome.success:
                 return outcome
         return SUCCESS
+
+    async def _call_watched(self, handler: Any, message: Message, watched: Watched) -> Outcome:
+        """Run an async handler that the watchdog cancels if it runs too long."""
+        task = asyncio.current_task()
+        assert task is not None
+        runs = watched.runs
+        runs[task] = (time.monotonic(), handler, None)
+        try:
+            returned: Any = await handler(message)
+        except BaseException as error:
+            runs.pop(task, None)
+            if watched.expired and watched.took_back(task):
+                return timed_out(handler, watched.timeout)
+            return failure_of(error)  # a stop of ours or a real interrupt re-raises
+        runs.pop(task, None)
+        if watched.expired:
+            watched.took_back(task)  # the handler swallowed the cancellation: it is done anyway
+        return SUCCESS if returned is None or returned is True else outcome_of(returned)
 
 
 def policy_of(subscription: Subscription, configured: RetryPolicy | None,

@@ -21,14 +21,15 @@ import asyncio
 import contextlib
 import contextvars
 import inspect
+import itertools
 import queue
 import signal
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor, Future
 from typing import Any, TypeVar
 
-from eventyard.errors import HandlerTimeout
 from eventyard.subscribers import SUCCESS, Outcome, outcome_of, outcome_of_exception
 
 T = TypeVar("T")
@@ -108,6 +109,8 @@ class DaemonThreadPool(Executor):
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
         self._shut_down = False
+        self._abandoned: set[Future[Any]] = set()  # work whose thread was given up on
+        self._numbers = itertools.count()
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         """Run ``fn(*args)`` on a pool thread."""
@@ -119,11 +122,24 @@ class DaemonThreadPool(Executor):
                 raise RuntimeError("the handler pool is shut down")
             self._work.put((future, fn, args))
             if not self._idle.acquire(blocking=False) and len(self._threads) < self._max_workers:
-                thread = threading.Thread(target=self._run, daemon=True,
-                                          name=f"{self._name}_{len(self._threads)}")
-                self._threads.append(thread)
-                thread.start()
+                self._start_thread()
         return future
+
+    def abandon(self, future: Future[Any]) -> None:
+        """Give up on the thread running ``future`` (a handler that hangs): a replacement
+        thread takes the pool's other work; the stuck one ends once ``future``'s work returns."""
+        with self._lock:
+            if future.done() or self._shut_down or future in self._abandoned:
+                return
+            self._abandoned.add(future)
+            self._max_workers += 1
+            self._start_thread()
+
+    def _start_thread(self) -> None:  # under the lock
+        thread = threading.Thread(target=self._run, daemon=True,
+                                  name=f"{self._name}_{next(self._numbers)}")
+        self._threads.append(thread)
+        thread.start()
 
     def _run(self) -> None:
         work = self._work
@@ -140,6 +156,13 @@ class DaemonThreadPool(Executor):
                     future.set_exception(error)
                 else:
                     future.set_result(result)
+            if self._abandoned and future in self._abandoned:
+                with self._lock:  # replaced meanwhile: this thread leaves the pool
+                    self._abandoned.discard(future)
+                    self._max_workers -= 1
+                    with contextlib.suppress(ValueError):
+                        self._threads.remove(threading.current_thread())
+                return
             del future, fn, args
             self._idle.release()
 
@@ -164,58 +187,32 @@ class DaemonThreadPool(Executor):
                     thread.join()
 
 
-# Handlers with a timeout (a subscriber's ``timeout`` or the consumer's ``handler_timeout``).
+# Sync handlers run from the event loop.
 
-async def call_handlers_timed(handlers: Sequence[tuple[Any, bool]], message: Any,
-                              timeout: float) -> Outcome:
-    """Run ``handlers`` (handler, is async) in order up to the first failure, each run bounded
-    by ``timeout`` seconds: an async handler is cancelled; a sync one runs on a thread of its
-    own, abandoned when it runs too long (it keeps no slot of the pool, so the consumer's other
-    work goes on)."""
-    loop = asyncio.get_running_loop()
-    for handler, is_async in handlers:
-        if is_async:
-            outcome = await run_async_timed(handler, message, timeout)
-        else:
-            outcome = await run_sync_timed(handler, message, timeout, loop)
-        if not outcome.success:
-            return outcome
-    return SUCCESS
+def _resolve(done: asyncio.Future[Outcome], outcome: Outcome) -> None:
+    if not done.done():  # a watchdog's timeout or a stop settled it first: ignored
+        done.set_result(outcome)
 
 
-def _timed_out(handler: Any, timeout: float) -> Outcome:
-    error = HandlerTimeout(f"handler {getattr(handler, '__name__', handler)!r} ran longer than "
-                           f"its timeout of {timeout:g} s")
-    return outcome_of_exception(error)
+def _run_then_resolve(loop: asyncio.AbstractEventLoop, done: asyncio.Future[Outcome],
+                      run: Callable[..., Outcome], handler: Any, message: Any) -> None:
+    outcome = run(call_sync_handler, handler, message, loop)
+    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+        loop.call_soon_threadsafe(_resolve, done, outcome)
 
 
-async def run_async_timed(handler: Any, message: Any, timeout: float) -> Outcome:
-    """Run an async handler for at most ``timeout`` seconds (then it is cancelled)."""
-    scope = asyncio.timeout(timeout)
+async def run_on_pool(pool: DaemonThreadPool, handler: Any, message: Any,
+                      loop: asyncio.AbstractEventLoop,
+                      runs: dict[asyncio.Future[Any], Any] | None) -> Outcome:
+    """Run a sync handler on ``pool``, in this context (the message being handled, the current
+    span); with ``runs``, register the run for the watchdog, which may settle it first."""
+    done: asyncio.Future[Outcome] = loop.create_future()
+    work = pool.submit(_run_then_resolve, loop, done, contextvars.copy_context().run, handler,
+                       message)
+    if runs is None:
+        return await done
+    runs[done] = (time.monotonic(), handler, work)
     try:
-        async with scope:
-            returned: Any = await handler(message)
-    except BaseException as error:
-        if scope.expired():
-            return _timed_out(handler, timeout)
-        return failure_of(error)  # a stop of ours re-raises
-    return SUCCESS if returned is None or returned is True else outcome_of(returned)
-
-
-async def run_sync_timed(handler: Any, message: Any, timeout: float,
-                         loop: asyncio.AbstractEventLoop) -> Outcome:
-    """Run a sync handler on a daemon thread of its own for at most ``timeout`` seconds; past
-    that its outcome is a timeout and the thread is left to finish (it cannot be stopped)."""
-    done: Future[Outcome] = Future()
-    context = contextvars.copy_context()  # the message being handled, the current span
-
-    def run() -> None:
-        outcome = context.run(call_sync_handler, handler, message, loop)
-        with contextlib.suppress(Exception):  # abandoned: nobody waits for it any more
-            done.set_result(outcome)
-
-    threading.Thread(target=run, daemon=True, name="eventyard-timed-handler").start()
-    try:
-        return await asyncio.wait_for(asyncio.wrap_future(done), timeout)
-    except TimeoutError:
-        return _timed_out(handler, timeout)
+        return await done
+    finally:
+        runs.pop(done, None)
