@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import functools
 from collections import deque
 from collections.abc import Mapping
@@ -122,6 +123,17 @@ class Queue:
         """``x-delivery-limit`` (quorum queues), or None."""
         value = self.arguments.get("x-delivery-limit")
         return None if value is None else int(value)
+
+    def put_back(self, items: list[Stored]) -> None:
+        """Put messages handed back in their original places, as RabbitMQ does (the ready
+        messages are always in the order they were enqueued)."""
+        ready = self.ready
+        items.sort(key=lambda s: s.position)
+        if not ready or (items and items[-1].position < ready[0].position):
+            ready.extendleft(reversed(items))
+            return
+        for stored in items:
+            ready.insert(bisect.bisect([s.position for s in ready], stored.position), stored)
 
 
 def argument_differences(existing: Mapping[str, Any], declared: Mapping[str, Any]) -> list[str]:

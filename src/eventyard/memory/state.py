@@ -1,4 +1,4 @@
-"""The in-memory broker's state machine: declare, route, deliver, settle, expire, dead-letter.
+"""The in-memory broker's state machine: route, deliver, settle, expire, dead-letter.
 
 Every method runs under one re-entrant lock and never awaits, so any thread or event loop may
 call it; consumptions are woken thread-safely. Semantics follow RabbitMQ 3.x: topic routing,
@@ -8,31 +8,22 @@ per-queue ``x-message-ttl`` (expiring at the head of the queue), ``x-dead-letter
 original place with ``redelivered``, quorum queues' ``x-delivery-count``, round-robin between
 competing consumers, declarations applied one by one (a clash leaves the earlier ones), and
 consumers of a deleted queue consuming again once it is declared again (as eventyard's RabbitMQ
-consumers do).
+consumers do). Declaring is in ``declaring``, the ``x-death`` record in ``deaths``.
 """
 
 from __future__ import annotations
 
-import bisect
-import datetime
 import itertools
 import logging
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from eventyard import naming
-from eventyard.errors import (
-    BrokerError,
-    ConfigurationError,
-    QueueNotFoundError,
-    TopologyMismatchError,
-)
+from eventyard.errors import BrokerError, ConfigurationError, QueueNotFoundError
 from eventyard.memory.clock import Clock, VirtualClock
-from eventyard.memory.routing import Exchange, Queue, Stored, argument_differences
-from eventyard.topology import Topology
+from eventyard.memory.deaths import is_expired, with_death
+from eventyard.memory.routing import Exchange, Queue, Stored
 
 if TYPE_CHECKING:
     from eventyard.memory.transport import MemoryConsumption, MemoryDelivery
@@ -56,72 +47,27 @@ class BrokerState:
         self._tags = 0
         self._positions = itertools.count()
 
-    # -- topology -------------------------------------------------------------------------
-    def declare(self, topology: Topology) -> None:
-        """Create what ``topology`` describes, in order; ``TopologyMismatchError`` on a clash.
-
-        As on RabbitMQ, what was declared before the clash stays declared.
-        """
+    # -- queues -----------------------------------------------------------------------------
+    def add_queue(self, queue: Queue) -> None:
+        """Add a declared ``queue``; consumers of an earlier queue of its name consume again."""
         with self.lock:
-            naming.check_names(exchanges=(e.name for e in topology.exchanges),
-                               queues=(q.name for q in topology.queues),
-                               routing_keys=(b.routing_key for b in topology.bindings))
-            for spec in topology.exchanges:
-                found = self.exchanges.get(spec.name)
-                if found is None:
-                    self.exchanges[spec.name] = Exchange(spec.name, spec.type, spec.durable)
-                elif (found.type, found.durable) != (spec.type, spec.durable):
-                    raise TopologyMismatchError(
-                        f"exchange {spec.name!r} exists as {found.type} (durable={found.durable}), "
-                        f"declared as {spec.type} (durable={spec.durable}); delete it, or declare "
-                        "it as it is")
-            for qspec in topology.queues:
-                existing = self.queues.get(qspec.name)
-                if existing is None:
-                    self._create_queue(Queue(qspec.name, dict(qspec.arguments), qspec.durable))
-                    continue
-                differences = argument_differences(existing.arguments, qspec.arguments)
-                if existing.durable != qspec.durable:
-                    differences.append(f"durable: exists {existing.durable}, declared {qspec.durable}")
-                if differences:
-                    raise TopologyMismatchError(
-                        f"queue {qspec.name!r} exists with other arguments ({'; '.join(differences)}); "
-                        "declare it with the arguments it has (same retry TTL and queue type), or "
-                        "delete the queue (its messages are lost) and configure again."
-                        + topology.mismatch_hint(qspec.name))
-            for binding in topology.bindings:
-                exchange = self.exchanges.get(binding.exchange)
-                if exchange is None or binding.queue not in self.queues:
-                    missing = binding.exchange if exchange is None else binding.queue
-                    raise ConfigurationError(
-                        f"cannot bind {binding.queue!r} to {binding.exchange!r}: {missing!r} does "
-                        "not exist; declare it in the same topology")
-                exchange.bindings.add((binding.routing_key, binding.queue))
+            self.queues[queue.name] = queue
+            for consumption in self.orphans.pop(queue.name, []):
+                if not consumption.cancelled:  # its queue is back: it consumes again
+                    queue.consumers.append(consumption)
+                    logger.warning("queue %s declared again; its consumer consumes again",
+                                   queue.name)
 
-    def _create_queue(self, queue: Queue) -> None:
-        self.queues[queue.name] = queue
-        for consumption in self.orphans.pop(queue.name, []):
-            if not consumption.cancelled:  # its queue is back: it consumes again
-                queue.consumers.append(consumption)
-                logger.warning("queue %s declared again; its consumer consumes again", queue.name)
-
-    def delete(self, topology: Topology) -> None:
-        """Remove the queues (messages and consumers too) and exchanges of ``topology``."""
+    def remove_queue(self, name: str) -> None:
+        """Drop queue ``name`` and its messages; its consumers wait for it to come back."""
         with self.lock:
-            names = {spec.name for spec in topology.queues}
-            for name in names:
-                queue = self.queues.pop(name, None)
-                for consumption in list(queue.consumers) if queue else []:
-                    # RabbitMQ cancels the consumers of a deleted queue; eventyard's consumer
-                    # then waits for the queue to be declared again and consumes it again.
-                    queue.consumers.remove(consumption)  # type: ignore[union-attr]
-                    self.release(consumption, seen_too=False)  # buffered ones go with the queue
-                    self.orphans.setdefault(name, []).append(consumption)
-            for exchange in self.exchanges.values():
-                exchange.bindings = {b for b in exchange.bindings if b[1] not in names}
-            for spec in topology.exchanges:
-                self.exchanges.pop(spec.name, None)
-            self.changed()
+            queue = self.queues.pop(name, None)
+            for consumption in list(queue.consumers) if queue else []:
+                # RabbitMQ cancels the consumers of a deleted queue; eventyard's consumer
+                # then waits for the queue to be declared again and consumes it again.
+                queue.consumers.remove(consumption)  # type: ignore[union-attr]
+                self.release(consumption, seen_too=False)  # buffered ones go with the queue
+                self.orphans.setdefault(name, []).append(consumption)
 
     # -- publishing and routing ------------------------------------------------------------
     def publish(self, messages: Sequence[Stored]) -> list[int]:
@@ -175,7 +121,7 @@ class BrokerState:
                            exchange_name, queue.name, stored.message_id)
             return
         moved = replace(stored, exchange=exchange_name, routing_key=key,
-                        headers=_with_death(stored, queue.name, reason), redelivered=False,
+                        headers=with_death(stored, queue.name, reason), redelivered=False,
                         expires_at=None, delivery_count=0)
         if not self._route(exchange_name, key, moved):
             logger.warning("dead letter of %s (key %s) reached no queue: message %s dropped",
@@ -189,7 +135,7 @@ class BrokerState:
                 return
             now = self._now(queue)
             expired = False
-            while queue.ready and _expired(queue.ready[0], now):
+            while queue.ready and is_expired(queue.ready[0], now):
                 self._dead_letter(queue, queue.ready.popleft(), "expired")
                 expired = True
             head = queue.ready[0] if queue.ready else None
@@ -203,7 +149,7 @@ class BrokerState:
     def _dispatch(self, queue: Queue) -> None:
         now = self._now(queue)
         while queue.ready and queue.consumers:
-            if _expired(queue.ready[0], now):
+            if is_expired(queue.ready[0], now):
                 self._dead_letter(queue, queue.ready.popleft(), "expired")
                 continue
             consumption = self._next_consumer(queue)
@@ -263,6 +209,7 @@ class BrokerState:
                 self._dispatch(queue)
             self.changed()
 
+
     def _requeue(self, queue: Queue, items: list[Stored]) -> None:
         """Hand ``items`` back to ``queue``: redelivered, as RabbitMQ marks every message it
         delivered (the consumer's callback saw it or not) and got back."""
@@ -275,15 +222,7 @@ class BrokerState:
                 self._dead_letter(queue, stored, "delivery_limit")
             else:
                 keep.append(stored)
-        # As RabbitMQ does, a message handed back takes its original place in the queue (the
-        # ready messages are always in the order they were enqueued).
-        ready = queue.ready
-        keep.sort(key=lambda s: s.position)
-        if not ready or (keep and keep[-1].position < ready[0].position):
-            ready.extendleft(reversed(keep))
-            return
-        for stored in keep:
-            ready.insert(bisect.bisect([s.position for s in ready], stored.position), stored)
+        queue.put_back(keep)
 
     def settle(self, delivery: MemoryDelivery, *, ack: bool, requeue: bool) -> None:
         """Ack, requeue or dead-letter one delivery."""
@@ -349,33 +288,3 @@ class BrokerState:
                     pass
             finally:
                 self._jumping = False
-
-
-def _expired(stored: Stored, now: float) -> bool:
-    return stored.expires_at is not None and stored.expires_at <= now
-
-
-def _with_death(stored: Stored, queue: str, reason: str) -> dict[str, Any]:
-    """``stored``'s headers with RabbitMQ's ``x-death`` record of this dead-lettering.
-
-    The time is a UTC datetime in whole seconds: what the AMQP client reads on RabbitMQ.
-    """
-    headers = dict(stored.headers)
-    now = datetime.datetime.fromtimestamp(int(time.time()), datetime.UTC)
-    deaths = [dict(d) for d in headers.get("x-death") or [] if isinstance(d, dict)]
-    for death in deaths:
-        if death.get("queue") == queue and death.get("reason") == reason:
-            count = death.get("count", 0)
-            death["count"] = (count if isinstance(count, int) else 0) + 1
-            death["time"] = now
-            deaths.remove(death)
-            deaths.insert(0, death)
-            break
-    else:
-        deaths.insert(0, {"count": 1, "reason": reason, "queue": queue, "time": now,
-                          "exchange": stored.exchange, "routing-keys": [stored.routing_key]})
-    headers["x-death"] = deaths
-    headers.setdefault("x-first-death-exchange", stored.exchange)
-    headers.setdefault("x-first-death-queue", queue)
-    headers.setdefault("x-first-death-reason", reason)
-    return headers

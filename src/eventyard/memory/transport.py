@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from eventyard.errors import BrokerConnectionError, ConfigurationError
 from eventyard.headers import DEFAULT_FRAME_MAX
-from eventyard.memory import wire
+from eventyard.memory import declaring, wire
 from eventyard.memory.routing import Stored
 from eventyard.memory.state import BrokerState
 from eventyard.ports import UNREADABLE_PROPERTIES, Consumption, DeliveryCallback, OutgoingMessage
@@ -200,12 +200,12 @@ class MemoryTransport:
     async def declare(self, topology: Topology) -> None:
         """Create the topology; ``TopologyMismatchError`` if a queue exists with other arguments."""
         self._check_open()
-        self._state.declare(topology)
+        declaring.declare(self._state, topology)
 
     async def delete(self, topology: Topology) -> None:
         """Delete the topology's queues (and their messages) and exchanges."""
         self._check_open()
-        self._state.delete(topology)
+        declaring.delete(self._state, topology)
 
     async def publish(self, messages: Sequence[OutgoingMessage]) -> list[int]:
         """Route every message; return the indexes of those that reached no queue.
