@@ -26,7 +26,7 @@ from eventyard.memory.deaths import is_expired, with_death
 from eventyard.memory.routing import Exchange, Queue, Stored
 
 if TYPE_CHECKING:
-    from eventyard.memory.transport import MemoryConsumption, MemoryDelivery
+    from eventyard.memory.consumption import MemoryConsumption, MemoryDelivery
 
 logger = logging.getLogger(__name__)
 
