@@ -17,6 +17,7 @@
     │                             a TimeoutError)
     ├── CallTimeoutError          a blocking call (sync API, wait until idle) ran out of time;
     │                             its work was cancelled (also a TimeoutError)
+    ├── QueueInUseError           a queue to be replaced (topology migrate) has consumers
     └── BrokerError               the broker could not be reached or refused something
         ├── BrokerConnectionError cannot connect, or the connection was lost mid-operation
         ├── PublishNackedError    the broker refused (nacked) a published message
@@ -88,6 +89,11 @@ class HandlerTimeout(EventyardError, TimeoutError):
 
 class CallTimeoutError(EventyardError, TimeoutError):
     """A blocking call did not finish in time; the work it started was cancelled."""
+
+
+class QueueInUseError(EventyardError):
+    """A queue that an operation must delete and declare again (``eventyard topology migrate``)
+    has consumers attached: stop them first; nothing was changed on that queue."""
 
 
 class BrokerError(EventyardError):

@@ -26,6 +26,7 @@ from eventyard.cli.common import (
     settings,
     topology_options,
 )
+from eventyard.cli.migrate import migrate
 from eventyard.rabbitmq.inspection import VerifyReport, connect, verify_topology
 from eventyard.topology import DEFAULT_MAX_RETRIES, DEFAULT_RETRY_TTL_MS, Topology
 
@@ -120,3 +121,6 @@ def verify(app_spec: AppArgument, organization: Organization, service: Service,
             out.print(f"note: {plural(report.bindings_expected, 'binding')} expected; {note}")
     if not report.ok:
         raise typer.Exit(1)
+
+
+app.command()(migrate)  # eventyard topology migrate (eventyard/cli/migrate.py)
