@@ -333,3 +333,25 @@ async def _declare_and_delete(url: str, temporary: str, queue: str) -> None:
         await channel.queue_delete(queue)
     finally:
         await connection.close()
+
+
+def test_migrate_to_classic_moves_quorum_queues_back(vhost: PrivateVhost) -> None:
+    connector = RabbitMqConnector(vhost.url)
+    classic = topology("classic")
+    try:
+        RabbitMqMessageConfigurer(connector, ORG, SVC, options=TopologyOptions(
+            retry_ttl_ms=TTL, queue_type="quorum")).configure_subscribers(subscribers())
+        fill(vhost, RabbitMqDomainEventBus(connector, ORG, SVC))
+        before = {q.name: read(vhost.url, q.name) for q in classic.queues}
+        result = CliRunner(env={"RABBITMQ_URL": vhost.url, "COLUMNS": "200"}).invoke(
+            app, ["topology", "migrate", APP, *ARGS, "--to", "classic", "--yes"])
+        assert result.exit_code == 0, result.output
+        assert "Done: 720 messages moved back into 30 queues" in result.stdout
+        held = listed(vhost)
+        assert sorted(held) == sorted(before)  # no temporary queue left
+        for queue in classic.queues:
+            assert held[queue.name]["type"] == "classic", queue.name
+            assert held[queue.name]["arguments"] == dict(queue.arguments), queue.name
+        assert {q.name: read(vhost.url, q.name) for q in classic.queues} == before
+    finally:
+        connector.close()

@@ -185,22 +185,16 @@ class _Mover:
         moved = 0
         while True:
             moved += await self._copy_all(source, target)
-            state = await queue_state(self.connection, source)
-            if state.consumers:
-                raise QueueInUseError(
-                    f"a consumer attached to {source} during the migration: stop it and run the "
-                    f"migration again (the messages moved so far wait in {target})")
-            if state.messages:
-                continue
-            if await self._delete(source, guarded):
+            if await self._delete(source, target, guarded):
                 return moved
 
-    async def _delete(self, queue: str, guarded: bool) -> bool:
+    async def _delete(self, queue: str, target: str, guarded: bool) -> bool:
         """Delete ``queue`` if it is (still) empty and unused; False if it was not."""
         if not guarded:
             # The queue to replace may be a quorum queue, which refuses if-empty and if-unused
             # (NOT_IMPLEMENTED, closing the connection), and AMQP cannot tell its type. It is
-            # unbound and was just seen empty and unused: what the delete still removed is said.
+            # unbound and was just emptied (a consumer attached since would get nothing, and is
+            # cancelled): what the delete still removed is said.
             deleted = await (await self.channel()).queue_delete(queue)
             if deleted.message_count:
                 raise BrokerError(
@@ -210,7 +204,12 @@ class _Mover:
         try:
             await (await self.channel()).queue_delete(queue, if_unused=True, if_empty=True)
         except amqp_errors.ChannelPreconditionFailed:
-            return False  # a message or a consumer came: the caller looks again
+            state = await queue_state(self.connection, queue)
+            if state.consumers:
+                raise QueueInUseError(
+                    f"a consumer attached to {queue} during the migration: stop it and run the "
+                    f"migration again (the messages moved so far wait in {target})") from None
+            return False  # a message came: the caller moves it too
         return True
 
     async def _copy_all(self, source: str, target: str) -> int:
