@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import re
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from eventyard import naming
+from eventyard.console.grouping import Snapshot, failure_frame, group_letters
 from eventyard.errors import ConfigurationError, EventyardError, ManagementApiError
 from eventyard.rabbitmq import dead_letters
 from eventyard.rabbitmq.dead_letters import DeadLetter, Report, Selection
@@ -40,7 +40,6 @@ from eventyard.rabbitmq.settings import ConnectionSettings
 HERE = Path(__file__).parent
 SESSION_COOKIE = "eventyard_console"
 Handler = Callable[[Request], Awaitable[Response]]
-_FRAME = re.compile(r'File "(?P<file>[^"]*)", line (?P<line>\d+), in (?P<function>\S+)')
 
 
 @dataclass(slots=True)
@@ -61,67 +60,6 @@ class ConsoleConfig:
     asyncapi: dict[str, Any] | None = None  # the application's document (eventyard console --app)
     # Host headers served: a page of another site that rebinds its name to 127.0.0.1 is refused.
     allowed_hosts: list[str] = field(default_factory=lambda: ["127.0.0.1", "localhost", "::1"])
-
-
-def failure_frame(stack: str | None) -> str:
-    """The frame that raised: ``file.py:12 in handler`` (the innermost one of a Python stack)."""
-    frames = _FRAME.findall(stack or "")
-    if not frames:
-        return "-"
-    file, line, function = frames[-1]
-    return f"{Path(file).name}:{line} in {function}"
-
-
-@dataclass(slots=True)
-class Group:
-    """Dead letters of one queue with one message type and one failure (exception + frame)."""
-
-    queue: str
-    type: str
-    exception: str
-    frame: str
-    letters: list[DeadLetter] = field(default_factory=list)
-
-    @property
-    def key(self) -> str:
-        """A stable id for the URL."""
-        text = "\x00".join((self.queue, self.type, self.exception, self.frame))
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-    @property
-    def oldest(self) -> str:
-        """The earliest first failure."""
-        return min((x.failure.first_at or "" for x in self.letters), default="") or "-"
-
-    @property
-    def newest(self) -> str:
-        """The latest last failure."""
-        return max((x.failure.last_at or "" for x in self.letters), default="") or "-"
-
-
-def group_letters(letters: Sequence[DeadLetter]) -> list[Group]:
-    """Letters grouped by queue, message type and failure, largest group first."""
-    groups: dict[tuple[str, str, str, str], Group] = {}
-    for letter in letters:
-        label = letter.type or "?"
-        if letter.undecodable:
-            label += " (undecodable)"
-        key = (letter.queue, label, letter.failure.type or "-", failure_frame(letter.failure.stack))
-        groups.setdefault(key, Group(*key)).letters.append(letter)
-    return sorted(groups.values(), key=lambda g: (-len(g.letters), g.queue, g.type))
-
-
-@dataclass(slots=True)
-class Snapshot:
-    """What the queues hold now."""
-
-    queues: list[str]
-    groups: list[Group]
-    note: str = ""
-
-    def group(self, key: str) -> Group | None:
-        """The group with this key, if any."""
-        return next((g for g in self.groups if g.key == key), None)
 
 
 class Console:
