@@ -84,6 +84,26 @@ async def test_three_relays_share_the_work_once_each_and_keep_each_transactions_
     assert all(relay.published > 0 for relay in relays), [r.published for r in relays]
 
 
+async def test_one_relay_with_batches_in_flight_keeps_each_transactions_order(
+        engine: AsyncEngine, broker: MemoryBroker) -> None:
+    sessions = async_sessionmaker(engine)
+    for batch in range(10):  # transactions of 30 split across batches of 7
+        async with sessions() as session, session.begin():
+            OUTBOX.publish(session, [OrderPlaced(order=o, batch=batch) for o in range(30)])
+    relay = OutboxRelay(engine, broker.publisher_transport,
+                        RelaySettings(batch_size=7, in_flight=3, poll_interval=60))
+    relay.start()
+    try:
+        await eventually(lambda: _none_pending(engine), 20, "every row sent")
+    finally:
+        await relay.stop()
+    received = stored_orders(broker)
+    assert sorted(received) == [(b, o) for b in range(10) for o in range(30)]  # each once
+    for batch in range(10):
+        assert [o for b, o in received if b == batch] == list(range(30))
+    assert relay.published == 300
+
+
 async def _none_pending(engine: AsyncEngine) -> bool:
     return await pending_count(engine) == 0
 
@@ -108,7 +128,8 @@ async def test_bad_arguments_are_configuration_errors(engine: AsyncEngine) -> No
         Outbox("acme", "bad service")
     for bad in ({"batch_size": 0}, {"batch_size": True}, {"batch_size": 10**6},
                 {"poll_interval": -1}, {"retention": float("nan")}, {"inbox_window": 0},
-                {"retry_delay": "1"}, {"cleanup_interval": float("inf")}):
+                {"retry_delay": "1"}, {"cleanup_interval": float("inf")}, {"in_flight": 0},
+                {"in_flight": 17}):
         with pytest.raises(ConfigurationError):
             RelaySettings(**bad)  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="AsyncEngine"):
@@ -143,6 +164,8 @@ async def test_the_relay_survives_its_database_connections_being_killed(
         async with async_sessionmaker(engine)() as session, session.begin():
             OUTBOX.publish(session, OrderPlaced(order=1))
         await eventually(lambda: broker.message_count("store") == 1, 5, "the first event")
+        # Marked sent too (killed between its publish and its commit, it would go again).
+        await eventually(lambda: _none_pending(engine), 5, "the first event marked sent")
         killed = await asyncio.to_thread(_terminate_backends, database)
         assert killed >= 1  # the LISTEN connection at least
         await eventually(lambda: relay.failures >= 1, 5, "the relay to notice")

@@ -35,11 +35,17 @@ class RelaySettings:
     inbox_window: float | None = 7 * 24 * 3600.0
     retry_delay: float = 0.5  # first wait after a failed batch, doubling up to max_retry_delay
     max_retry_delay: float = 10.0
+    # Batches at once (PostgreSQL): once one has locked a full batch, the next is read and
+    # published while the broker confirms the first. 1: one batch after the other.
+    in_flight: int = 2
 
     def __post_init__(self) -> None:
         if (isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int)
                 or not 1 <= self.batch_size <= 100_000):
             raise ConfigurationError(f"batch_size must be 1..100000, got {self.batch_size!r}")
+        if (isinstance(self.in_flight, bool) or not isinstance(self.in_flight, int)
+                or not 1 <= self.in_flight <= 16):
+            raise ConfigurationError(f"in_flight must be 1..16, got {self.in_flight!r}")
         for name in ("poll_interval", "retention", "cleanup_interval", "retry_delay",
                      "max_retry_delay", "inbox_window"):
             value = getattr(self, name)

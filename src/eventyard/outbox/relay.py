@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from eventyard.errors import ConfigurationError
 from eventyard.outbox.base import RelaySettings, Stored, send_batch
@@ -30,17 +30,20 @@ logger = logging.getLogger(__name__)
 CHANNEL = "eventyard_outbox"
 """The LISTEN/NOTIFY channel schema.sql's trigger notifies."""
 
+# One round trip: lock up to :limit pending rows (another relay skips them), and for each of
+# their transactions the first pending row up to the batch's last that is *not* in the batch
+# (another relay holds it). A relay publishes, of each transaction, only its rows before that
+# one, so one transaction's messages keep their order; the rest wait for the other's commit.
 _LOCK_BATCH = text(
-    "SELECT id, txid, kind, exchange, routing_key, message_id, message_type, correlation_id, "
-    "headers, body, timestamp_s FROM eventyard_outbox WHERE sent_at IS NULL "
-    "ORDER BY id LIMIT :limit FOR UPDATE SKIP LOCKED"
-)
-# The pending rows of the batch's transactions up to the batch's last row: a relay publishes,
-# of each transaction, only its rows that come first among these with no row missing between
-# them (another relay holds the missing ones), so one transaction's messages keep their order.
-_PENDING_OF = text(
-    "SELECT txid, id FROM eventyard_outbox WHERE sent_at IS NULL AND txid = ANY(:txids) "
-    "AND id <= :last ORDER BY id"
+    "WITH batch AS MATERIALIZED (SELECT id, txid, kind, exchange, routing_key, message_id, "
+    "message_type, correlation_id, headers, body, timestamp_s FROM eventyard_outbox "
+    "WHERE sent_at IS NULL ORDER BY id LIMIT :limit FOR UPDATE SKIP LOCKED), "
+    "missing AS (SELECT o.txid, min(o.id) AS first_missing FROM eventyard_outbox o "
+    "WHERE o.sent_at IS NULL AND o.txid IN (SELECT txid FROM batch) "
+    "AND o.id <= (SELECT max(id) FROM batch) AND o.id NOT IN (SELECT id FROM batch) "
+    "GROUP BY o.txid) "
+    "SELECT batch.*, missing.first_missing FROM batch LEFT JOIN missing USING (txid) "
+    "ORDER BY batch.id"
 )
 _MARK_SENT = text("UPDATE eventyard_outbox SET sent_at = now() WHERE id = ANY(:ids)")
 _DELETE_SENT = text(
@@ -77,37 +80,62 @@ class OutboxRelay:
 
     async def relay_once(self) -> int:
         """Publish one batch of pending messages; return how many were published."""
-        self._held = False
-        async with self.engine.begin() as connection:
-            rows = (await connection.execute(_LOCK_BATCH, {"limit": self.settings.batch_size})).all()
-            if not rows:
-                return 0
-            rows = await self._in_order(connection, rows)
-            if not rows:
-                return 0
-            batch = [_outgoing(row) for row in rows]
-            await self._publish(rows, batch)
-            await connection.execute(_MARK_SENT, {"ids": [row.id for row in rows]})
-        self.published += len(rows)
-        return len(rows)
+        _, published, self._held = await self._batch()
+        return published
 
-    async def _in_order(self, connection: AsyncConnection, rows: Sequence[Any]) -> list[Any]:
-        mine: dict[int, list[int]] = {}
-        for row in rows:
-            mine.setdefault(row.txid, []).append(row.id)
-        result = await connection.execute(_PENDING_OF, {"txids": list(mine), "last": rows[-1].id})
-        pending: dict[int, list[int]] = {}
-        for txid, row_id in result.all():
-            pending.setdefault(int(txid), []).append(int(row_id))
-        ready: set[int] = set()
-        for txid, ids in mine.items():
-            # The longest run of this relay's rows that starts at the transaction's first pending.
-            for held, first in zip(ids, pending.get(txid, []), strict=False):
-                if held != first:
-                    break
-                ready.add(held)
-        self._held = len(ready) < len(rows)
-        return [row for row in rows if row.id in ready]
+    async def _batch(self, locking: asyncio.Future[int] | None = None) -> tuple[int, int, bool]:
+        """One batch: (rows locked, rows published, rows left to a relay holding earlier ones).
+        ``locking`` gets the number of rows locked as soon as they are."""
+        async with self.engine.begin() as connection:
+            locked = (await connection.execute(_LOCK_BATCH,
+                                               {"limit": self.settings.batch_size})).all()
+            if locking is not None:
+                locking.set_result(len(locked))
+            rows = [row for row in locked
+                    if row.first_missing is None or row.id < row.first_missing]
+            if rows:
+                await self._publish(rows, [_outgoing(row) for row in rows])
+                await connection.execute(_MARK_SENT, {"ids": [row.id for row in rows]})
+        self.published += len(rows)
+        return len(locked), len(rows), len(rows) < len(locked)
+
+    async def _drain(self) -> None:
+        """Batches until one is not full, up to ``in_flight`` at a time: once a batch has locked
+        a full load of rows, or a NOTIFY comes while it is out, the next batch is read and
+        published while the broker confirms the first."""
+        loop = asyncio.get_running_loop()
+        running: dict[asyncio.Task[tuple[int, int, bool]], bool] = {}  # task -> had company
+        woken: asyncio.Task[bool] | None = None
+        more, self._held = True, False
+        try:
+            while running or (more and not self._stop.is_set()):
+                if more and not self._stop.is_set() and len(running) < self.settings.in_flight:
+                    self._wake.clear()  # this batch sees what was committed before it locks
+                    locking: asyncio.Future[int] = loop.create_future()
+                    task = asyncio.ensure_future(self._batch(locking))
+                    running[task] = bool(running)
+                    either: list[asyncio.Future[Any]] = [locking, task]
+                    await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+                    more = locking.done() and locking.result() >= self.settings.batch_size
+                    locking.cancel()  # (if it failed before locking: raised below)
+                    continue
+                if woken is None:
+                    woken = asyncio.ensure_future(self._wake.wait())
+                done, _ = await asyncio.wait([*running, woken], return_when=asyncio.FIRST_COMPLETED)
+                if woken in done:  # committed while batches are out: another one
+                    more, woken = True, None
+                for task in running.keys() & done:
+                    had_company = running.pop(task)
+                    _, _, held = task.result()  # a failed batch raises here
+                    if held and (had_company or running):
+                        more = True  # rows held by this relay's own batch: free at its commit
+                    elif held:
+                        self._held = True  # held by another relay: look again soon
+        finally:
+            for pending in (*running, *([woken] if woken else [])):
+                pending.cancel()
+            if running:
+                await asyncio.wait(running)
 
     async def _publish(self, rows: Sequence[Any], batch: list[OutgoingMessage]) -> None:
         await send_batch(self.transports, batch,
@@ -191,8 +219,7 @@ class OutboxRelay:
             if not self._listening:  # no NOTIFY would come: listen again on a new connection
                 raise ConnectionError("the connection listening for NOTIFY was lost")
             self._wake.clear()  # before the batch: a NOTIFY during it means look again
-            while not self._stop.is_set() and await self.relay_once() > 0:
-                pass
+            await self._drain()
             self._failures = 0
             if loop.time() >= next_cleanup:
                 deleted = await self.cleanup()
