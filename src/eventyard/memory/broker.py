@@ -198,13 +198,6 @@ class MemoryBroker:
             return ", ".join(parts) or "nothing (just became idle)"
 
     # -- chaos and lifecycle ---------------------------------------------------------------
-    def drop_connections(self) -> None:
-        """Simulate a dropped connection on every transport: unacked go back, consumers resume."""
-        with self._state.lock:
-            transports = [t for t in self._transports if not t.closed]
-        for transport in transports:
-            transport.drop_now()
-
     def close(self, timeout: float = 5.0) -> None:
         """Close every connection (unacked messages go back) and stop the loop thread."""
         with contextlib.suppress(Exception):
