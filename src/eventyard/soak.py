@@ -21,7 +21,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 from eventyard import naming
@@ -54,7 +54,7 @@ from eventyard.soak_report import (
     subscriber_report,
 )
 from eventyard.subscribers import subscriptions_of
-from eventyard.topology import Topology, TopologyOptions, build_topology, subscription_queue
+from eventyard.topology import QueueType, Topology, TopologyOptions, build_topology, subscription_queue
 
 __all__ = [  # the probes and reports stay importable from here
     "SERVICE", "MemorySoakProbe", "ServiceReport", "SoakEvent", "SoakProbe", "SoakProtectedEvent",
@@ -85,6 +85,8 @@ async def run_soak_async(
     keep: bool = False,
     probe: SoakProbe | None = None,
     services: int = 1,
+    queue_type: QueueType = "classic",
+    disruption: Callable[[Callable[[], int]], Coroutine[Any, Any, None]] | None = None,
 ) -> SoakReport:
     """Run a soak on the running loop; see ``run_soak``."""
     if events < 1 or subscribers < 1:
@@ -102,7 +104,8 @@ async def run_soak_async(
     store_queue = f"store_{org}" if services > 1 else None
     options = TopologyOptions(retry_ttl_ms=retry_ttl_ms, max_retries=max_retries,
                               store=store_queue is not None,
-                              store_queue=store_queue or naming.STORE_QUEUE)
+                              store_queue=store_queue or naming.STORE_QUEUE,
+                              queue_type=queue_type)
     protected_keys = [naming.routing_key(org, name, 1, "event", SoakProtectedEvent.message_name)
                       for name in names]
     tallies: dict[str, Tally] = {}
@@ -139,6 +142,9 @@ async def run_soak_async(
                 assert service.consumer is not None
                 await service.consumer.start()
             drop_tasks += [asyncio.create_task(_dropper(probe, org, service)) for service in fleet]
+            if disruption is not None:  # counted among the drops: the soak waits for it
+                drop_tasks.append(asyncio.create_task(disruption(
+                    lambda: sum(s.activity for s in fleet))))
             await _publish(backend, org, fleet, events, protected_count, tallies)
             quiet = await _wait_until_quiet(probe, fleet, tallies, drop_tasks, timeout, started)
         finally:
@@ -178,7 +184,9 @@ def run_soak(backend: Backend, **options: Any) -> SoakReport:
 
     Options are ``run_soak_async``'s: ``events``, ``subscribers``, ``services``, ``nack``,
     ``failure``, ``delay``, ``drops`` (per consumer), ``seed``, ``max_retries``,
-    ``retry_ttl_ms``, ``protected_events``, ``prefetch``, ``timeout``, ``organization``, ``keep``.
+    ``retry_ttl_ms``, ``protected_events``, ``prefetch``, ``timeout``, ``organization``, ``keep``,
+    ``queue_type``; ``disruption``, started with the consumers, is given a count of what they
+    did so far (to kill a broker node at some point, say).
     """
     return backend.loop_thread.run(run_soak_async(backend, **options))
 
