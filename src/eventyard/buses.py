@@ -1,9 +1,10 @@
 """The seed's synchronous API over the async engine, and the broker picked by the environment.
 
-A *backend* is what the seed calls a connector: ``RabbitMqConnector`` or ``MemoryBroker``. It
-owns the background event loop of the sync API and hands out transports. The sync classes here
+A *broker* is ``RabbitMqConnector`` (the seed's name for the RabbitMQ one, hence the
+``connector`` parameters), ``MemoryBroker`` or ``NotImplementedBroker``. It owns the
+background event loop of the sync API and hands out transports. The sync classes here
 (``DomainEventBus``, ``CommandBus``, ``MessageConfigurer``, ``MessageConsumer``) run the async
-engine on that loop; the RabbitMQ and memory classes are these with their own backend.
+engine on that loop; the RabbitMQ and memory classes are these with their own broker.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ PETISCO_BROKER_ENV = "PETISCO_EVENT_MESSAGE_BROKER"  # the seed's spelling of th
 BROKER_KINDS = ("rabbitmq", "memory", "notimplemented")
 
 
-class Backend(Protocol):
+class Broker(Protocol):
     """A broker as the sync API needs it (a connector)."""
 
     @property
@@ -45,7 +46,7 @@ class Backend(Protocol):
 class DomainEventBus:
     """Publishes domain events; returns once the broker confirmed them. Thread-safe."""
 
-    def __init__(self, connector: Backend, organization: str, service: str) -> None:
+    def __init__(self, connector: Broker, organization: str, service: str) -> None:
         self.connector = connector
         self._bus = AsyncDomainEventBus(connector.publisher_transport, organization, service)
 
@@ -57,7 +58,7 @@ class DomainEventBus:
 class CommandBus:
     """Dispatches commands; raises ``UnroutableError`` for one no queue receives. Thread-safe."""
 
-    def __init__(self, connector: Backend, organization: str, service: str) -> None:
+    def __init__(self, connector: Broker, organization: str, service: str) -> None:
         self.connector = connector
         self._bus = AsyncCommandBus(connector.publisher_transport, organization, service)
 
@@ -69,7 +70,7 @@ class CommandBus:
 class MessageConfigurer:
     """Declares the topology of a service's subscribers (DESIGN §4), idempotently."""
 
-    def __init__(self, connector: Backend, organization: str, service: str, *,
+    def __init__(self, connector: Broker, organization: str, service: str, *,
                  options: TopologyOptions | None = None, retry_ttl_ms: int | None = None,
                  queue_type: str | None = None) -> None:
         self.connector = connector
@@ -116,7 +117,7 @@ class MessageConfigurer:
 class MessageConsumer:
     """Consumes the service's subscriber queues in the background (``start``/``stop``)."""
 
-    def __init__(self, connector: Backend, organization: str, service: str,
+    def __init__(self, connector: Broker, organization: str, service: str,
                  max_retries: int = 5, *, chaos: EventChaos | None = None,
                  settings: ConsumerSettings | None = None, prefetch: int | None = None,
                  concurrency: int | None = None, observers: Sequence[Observer] = (),
@@ -212,7 +213,7 @@ class NullTransport:
 
 
 class NotImplementedBroker:
-    """A backend that publishes nowhere and never connects (``notimplemented``)."""
+    """A broker that publishes nowhere and never connects (``notimplemented``)."""
 
     def __init__(self) -> None:
         self._loop_thread = LoopThread("eventyard-null")
@@ -274,8 +275,8 @@ def broker_kind(environ: Mapping[str, str] | None = None) -> str:
     return kind
 
 
-def broker_from_env(environ: Mapping[str, str] | None = None) -> Backend:
-    """A new backend of the kind ``EVENTYARD_MESSAGE_BROKER`` names.
+def broker_from_env(environ: Mapping[str, str] | None = None) -> Broker:
+    """A new broker of the kind ``EVENTYARD_MESSAGE_BROKER`` names.
 
     ``rabbitmq`` gives a ``RabbitMqConnector`` configured from the ``RABBITMQ_*`` variables,
     ``memory`` a new ``MemoryBroker``, ``notimplemented`` a ``NotImplementedBroker``.

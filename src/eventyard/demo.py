@@ -29,7 +29,7 @@ from eventyard import (
     TopologyOptions,
     Uuid,
 )
-from eventyard.buses import Backend
+from eventyard.buses import Broker
 from eventyard.memory import MemoryBroker, VirtualClock
 from eventyard.testing import MessageRecorder
 
@@ -100,7 +100,7 @@ def store_handler(message: DomainEvent | Command) -> None:
     say(f"  store                 keeps {message.get_message_name()} for metrics")
 
 
-def connect(url: str | None) -> Backend:
+def connect(url: str | None) -> Broker:
     """The in-memory broker, or RabbitMQ at ``url``."""
     if url is None:
         return MemoryBroker(clock=VirtualClock(autojump=True), name="eventyard-demo")
@@ -112,11 +112,11 @@ def connect(url: str | None) -> Backend:
     return RabbitMqConnector(url)
 
 
-def wait_until(backend: Backend, recorder: MessageRecorder, handled: int, dead: int,
+def wait_until(broker: Broker, recorder: MessageRecorder, handled: int, dead: int,
                timeout: float) -> None:
     """Wait until the story so far is over (``handled`` successes, ``dead`` dead letters)."""
-    if isinstance(backend, MemoryBroker):
-        backend.wait_until_idle(timeout)  # retries included: the virtual clock skips their delay
+    if isinstance(broker, MemoryBroker):
+        broker.wait_until_idle(timeout)  # retries included: the virtual clock skips their delay
         return
     recorder.wait_for(lambda r: len(r.handled()) >= handled and len(r.dead_lettered()) >= dead,
                       timeout)
@@ -140,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     organization = "acme" if args.broker is None else f"demo{uuid.uuid4().hex[:6]}"
     service = "registration"
-    backend = connect(args.broker)
+    broker = connect(args.broker)
     recorder = MessageRecorder()
     subscribers = [
         MessageSubscriber.from_message(UserCreated, [send_mail_handler, update_crm_handler,
@@ -152,51 +152,51 @@ def main(argv: Sequence[str] | None = None) -> int:
     say(f"eventyard demo: organization {organization!r}, service {service!r}, on {where}")
     # The store queue is one per vhost, not per organisation: a throwaway one on a shared broker.
     store_queue = "store" if args.broker is None else f"store_{organization}"
-    configurer = MessageConfigurer(backend, organization, service, options=TopologyOptions(
+    configurer = MessageConfigurer(broker, organization, service, options=TopologyOptions(
         retry_ttl_ms=args.retry_ttl, store_queue=store_queue))
     configurer.configure_subscribers(subscribers)
-    consumer = MessageConsumer(backend, organization, service, args.max_retries, observers=[recorder],
+    consumer = MessageConsumer(broker, organization, service, args.max_retries, observers=[recorder],
                                settings=ConsumerSettings(store_queue=store_queue))
     consumer.add_subscribers(subscribers)
     consumer.start()
     try:
         user = UserCreated(user_id=Uuid.v4(), email="ann@acme.test")
         say(f"\n1. publish UserCreated (user {user.user_id})")
-        DomainEventBus(backend, organization, service).publish(user)
-        wait_until(backend, recorder, handled=3, dead=1, timeout=args.timeout)
+        DomainEventBus(broker, organization, service).publish(user)
+        wait_until(broker, recorder, handled=3, dead=1, timeout=args.timeout)
         say("\n2. dispatch PersistUser")
-        CommandBus(backend, organization, service).dispatch(
+        CommandBus(broker, organization, service).dispatch(
             PersistUser(user_id=user.user_id, email=user.email))
-        wait_until(backend, recorder, handled=5, dead=1, timeout=args.timeout)
+        wait_until(broker, recorder, handled=5, dead=1, timeout=args.timeout)
     finally:
         consumer.stop()
-    report(backend, recorder, keep=args.keep)
+    report(broker, recorder, keep=args.keep)
     if args.broker is not None and args.keep:
         say(f"\nkept on RabbitMQ: look with `eventyard dlq list -o {organization} -s {service}` or "
             f"`eventyard console -o {organization} -s {service}`; delete with `eventyard "
             f"dlq discard -o {organization} -s {service} -y` and the management UI")
     elif args.broker is not None:
         configurer.clear_subscribers(subscribers)
-    close = getattr(backend, "close", None)
+    close = getattr(broker, "close", None)
     if callable(close):
         close()
     return 0
 
 
-def report(backend: Backend, recorder: MessageRecorder, *, keep: bool = False) -> None:
+def report(broker: Broker, recorder: MessageRecorder, *, keep: bool = False) -> None:
     """Print what happened, and the dead letters with their failure headers."""
     print(f"\n3. outcome: handled {len(recorder.handled())}, retried {len(recorder.retried())}, "
           f"dead-lettered {len(recorder.dead_lettered())}")
-    if not isinstance(backend, MemoryBroker):
+    if not isinstance(broker, MemoryBroker):
         if not keep:
             print("   (the dead letter was in RabbitMQ; the demo now deletes its throwaway topology)")
         return
-    for letter in backend.dead_letters():
+    for letter in broker.dead_letters():
         print(f"\n   dead letter in {letter.queue}")
         for name, value in letter.failure.items():
             if name != "failure_stack":
                 print(f"     {name:20} {value}")
-    print(f"\n   virtual clock: {backend.clock.now():.1f} s passed (the retry delays) in no real time")
+    print(f"\n   virtual clock: {broker.clock.now():.1f} s passed (the retry delays) in no real time")
 
 
 def run(argv: Sequence[str] | None = None) -> int:

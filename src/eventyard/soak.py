@@ -25,7 +25,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 from eventyard import naming
-from eventyard.buses import Backend
+from eventyard.buses import Broker
 from eventyard.chaos import ConnectionDrops, EventChaos, SimulatedChaosFailure
 from eventyard.consuming import AsyncMessageConsumer, ConsumerEvent, ConsumerSettings
 from eventyard.errors import ConfigurationError
@@ -67,7 +67,7 @@ _PUBLISH_BATCH = 250
 
 
 async def run_soak_async(
-    backend: Backend,
+    broker: Broker,
     *,
     events: int = 1000,
     subscribers: int = 3,
@@ -125,8 +125,8 @@ async def run_soak_async(
             EventChaos(nack, delay, failure, protected_keys, seed=chaos_seed, environ={}),
             ConnectionDrops(drops, expected, seed=chaos_seed)))
 
-    probe = probe or await probe_for(backend)
-    publisher = await backend.publisher_transport()
+    probe = probe or await probe_for(broker)
+    publisher = await broker.publisher_transport()
     declared: list[Topology] = []
     quiet = False
     try:
@@ -134,7 +134,7 @@ async def run_soak_async(
             await publisher.declare(service.topology)
             declared.append(service.topology)
         for service in fleet:
-            service.consumer = _consumer(backend, org, service, tallies, max_retries, prefetch,
+            service.consumer = _consumer(broker, org, service, tallies, max_retries, prefetch,
                                          options)
         drop_tasks: list[asyncio.Task[None]] = []
         try:
@@ -145,7 +145,7 @@ async def run_soak_async(
             if disruption is not None:  # counted among the drops: the soak waits for it
                 drop_tasks.append(asyncio.create_task(disruption(
                     lambda: sum(s.activity for s in fleet))))
-            await _publish(backend, org, fleet, events, protected_count, tallies)
+            await _publish(broker, org, fleet, events, protected_count, tallies)
             quiet = await _wait_until_quiet(probe, fleet, tallies, drop_tasks, timeout, started)
         finally:
             for task in drop_tasks:
@@ -179,8 +179,8 @@ async def run_soak_async(
                       [service_report(s, reports) for s in fleet], store_queue)
 
 
-def run_soak(backend: Backend, **options: Any) -> SoakReport:
-    """Run a chaos soak against ``backend`` (a connector) and report per subscriber and service.
+def run_soak(broker: Broker, **options: Any) -> SoakReport:
+    """Run a chaos soak against ``broker`` (a connector) and report per subscriber and service.
 
     Options are ``run_soak_async``'s: ``events``, ``subscribers``, ``services``, ``nack``,
     ``failure``, ``delay``, ``drops`` (per consumer), ``seed``, ``max_retries``,
@@ -188,10 +188,10 @@ def run_soak(backend: Backend, **options: Any) -> SoakReport:
     ``queue_type``; ``disruption``, started with the consumers, is given a count of what they
     did so far (to kill a broker node at some point, say).
     """
-    return backend.loop_thread.run(run_soak_async(backend, **options))
+    return broker.loop_thread.run(run_soak_async(broker, **options))
 
 
-def _consumer(backend: Backend, org: str, service: Service, tallies: dict[str, Tally],
+def _consumer(broker: Broker, org: str, service: Service, tallies: dict[str, Tally],
               max_retries: int, prefetch: int, options: TopologyOptions) -> AsyncMessageConsumer:
     """Service's consumer on connections of its own, counting what happens on its queues."""
 
@@ -216,7 +216,7 @@ def _consumer(backend: Backend, org: str, service: Service, tallies: dict[str, T
             service.drop_wanted.set()
 
     async def consumer_source() -> Transport:
-        transport = await backend.consumer_transport()
+        transport = await broker.consumer_transport()
         service.transports.append(transport)
         return transport
 
@@ -241,12 +241,12 @@ async def _dropper(probe: SoakProbe, org: str, service: Service) -> None:
                         org, service.name, service.drops_done, wanted)
 
 
-async def _publish(backend: Backend, org: str, fleet: list[Service], events: int,
+async def _publish(broker: Broker, org: str, fleet: list[Service], events: int,
                    protected_count: int, tallies: dict[str, Tally]) -> None:
     """Every service publishes its events at once, in batches."""
 
     async def publish(service: Service) -> None:
-        bus = AsyncDomainEventBus(backend.publisher_transport, org, service.name)
+        bus = AsyncDomainEventBus(broker.publisher_transport, org, service.name)
         plain = [t for t in tallies.values() if t.receives(service.name, False)]
         shielded = [t for t in tallies.values() if t.receives(service.name, True)]
         batch: list[DomainEvent] = []

@@ -1,7 +1,7 @@
 """Soak probes: what a chaos soak reads from a broker beyond the ``Transport`` port.
 
 Each broker has its own probe (``eventyard.memory.soak``, ``eventyard.rabbitmq.soak``);
-``probe_for`` picks it by the backend's type.
+``probe_for`` picks it by the broker's type.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterable
 from typing import Protocol
 
-from eventyard.buses import Backend
+from eventyard.buses import Broker
 from eventyard.errors import ConfigurationError
 from eventyard.memory import MemoryBroker
 from eventyard.memory.soak import MemorySoakProbe
@@ -42,20 +42,20 @@ class SoakProbe(Protocol):
         """Release what the probe opened."""
 
 
-async def probe_for(backend: Backend) -> SoakProbe:
+async def probe_for(broker: Broker) -> SoakProbe:
     """The soak probe for a RabbitMQ connector or an in-memory broker, by its type."""
-    if isinstance(backend, MemoryBroker):
-        return MemorySoakProbe(backend)
+    if isinstance(broker, MemoryBroker):
+        return MemorySoakProbe(broker)
     try:  # the RabbitMQ adapter is an optional extra (aiormq)
         from eventyard.rabbitmq.connector import RabbitMqConnector
         from eventyard.rabbitmq.soak import RabbitMqSoakProbe
     except ImportError:
         RabbitMqConnector = None  # type: ignore[assignment,misc]
-    if RabbitMqConnector is not None and isinstance(backend, RabbitMqConnector):
-        probe = RabbitMqSoakProbe(backend.settings)
+    if RabbitMqConnector is not None and isinstance(broker, RabbitMqConnector):
+        probe = RabbitMqSoakProbe(broker.settings)
         await probe.connect()
         return probe
-    raise ConfigurationError(f"no soak probe for {backend!r}: pass probe= to run_soak")
+    raise ConfigurationError(f"no soak probe for {broker!r}: pass probe= to run_soak")
 
 
 async def wait_until_released(probe: SoakProbe, queues: Iterable[str],

@@ -8,26 +8,26 @@ from contract.samples import PersistUser, UserCreated
 from eventyard import CommandBus, DomainEventBus, MessageSubscriber, Uuid
 from eventyard.consuming import ConsumerEvent
 from eventyard.memory import MemoryBroker, MemoryMessageConfigurer, MemoryMessageConsumer, VirtualClock
-from eventyard.testing import MessageRecorder, capturing_backend
+from eventyard.testing import MessageRecorder, capturing_broker
 
 
 def send_mail_handler(event: UserCreated) -> None:
     return None
 
 
-def test_capturing_backend_records_what_buses_publish() -> None:
-    backend = capturing_backend()
+def test_capturing_broker_records_what_buses_publish() -> None:
+    captured = capturing_broker()
     event = UserCreated(user_id=Uuid.v4())
-    DomainEventBus(backend, "acme", "registration").publish([event, UserCreated(user_id=Uuid.v4())])
-    CommandBus(backend, "acme", "registration").dispatch(PersistUser(user_id=Uuid.v4()))
-    backend.recorder.assert_published(UserCreated, times=2)
-    backend.recorder.assert_published(PersistUser, times=1)
-    first = backend.published[0]  # decoded by the registry: the latest UserCreated class wins
+    DomainEventBus(captured, "acme", "registration").publish([event, UserCreated(user_id=Uuid.v4())])
+    CommandBus(captured, "acme", "registration").dispatch(PersistUser(user_id=Uuid.v4()))
+    captured.recorder.assert_published(UserCreated, times=2)
+    captured.recorder.assert_published(PersistUser, times=1)
+    first = captured.published[0]  # decoded by the registry: the latest UserCreated class wins
     assert (first.get_message_id(), first.get_attributes()) == (event.get_message_id(),
                                                                 event.get_attributes())
     with pytest.raises(AssertionError, match="expected UserCreated to be published 3 time"):
-        backend.recorder.assert_published(UserCreated, times=3)
-    backend.inner.loop_thread.stop()
+        captured.recorder.assert_published(UserCreated, times=3)
+    captured.inner.loop_thread.stop()
 
 
 def test_recorder_asserts_on_consumer_events() -> None:
@@ -53,13 +53,13 @@ def test_watching_a_memory_broker_end_to_end() -> None:
     recorder = MessageRecorder()
     subscribers = [MessageSubscriber.from_message(UserCreated, [send_mail_handler])]
     with MemoryBroker(clock=VirtualClock()) as broker:
-        backend = recorder.watch(broker)
+        captured = recorder.watch(broker)
         MemoryMessageConfigurer(broker, "acme", "registration").configure_subscribers(subscribers)
         consumer = MemoryMessageConsumer(broker, "acme", "registration")
         consumer.add_observer(recorder)
         consumer.add_subscribers(subscribers)
         consumer.start()
-        DomainEventBus(backend, "acme", "registration").publish(UserCreated(user_id=Uuid.v4()))
+        DomainEventBus(captured, "acme", "registration").publish(UserCreated(user_id=Uuid.v4()))
         recorder.wait_until_handled(UserCreated, handler=send_mail_handler, timeout=5)
         broker.wait_until_idle(5)
         consumer.stop()
@@ -113,12 +113,19 @@ def test_the_rabbitmq_classes_take_a_watched_connector() -> None:
     recorder.assert_published(PersistUser, times=1)
 
 
-def test_watching_a_bus_says_to_watch_its_backend() -> None:
-    backend = capturing_backend()
-    bus = DomainEventBus(backend, "acme", "registration")
-    with pytest.raises(TypeError, match="watch the backend it is built on"):
+def test_watching_a_bus_says_to_watch_its_broker() -> None:
+    captured = capturing_broker()
+    bus = DomainEventBus(captured, "acme", "registration")
+    with pytest.raises(TypeError, match="watch the broker it is built on"):
         MessageRecorder().watch(bus)  # type: ignore[call-overload]
-    backend.inner.loop_thread.stop()
+    captured.inner.loop_thread.stop()
+
+
+def test_the_testing_helpers_keep_their_earlier_names() -> None:
+    from eventyard.testing import capture
+
+    assert capture.RecordingBackend is capture.RecordingBroker
+    assert capture.capturing_backend is capturing_broker
 
 
 def test_the_example_of_docs_testing_runs() -> None:

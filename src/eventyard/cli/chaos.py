@@ -89,21 +89,21 @@ def _soak(events: int, subscribers: int, services: int, nack: float, failure: fl
     if memory:
         from eventyard.memory import MemoryBroker
 
-        backend: object = MemoryBroker()
+        broker: object = MemoryBroker()
     else:
         from eventyard.rabbitmq import RabbitMqConnector
 
-        backend = RabbitMqConnector(settings=settings(url))
+        broker = RabbitMqConnector(settings=settings(url))
     try:
         with reported():
-            report = run_soak(backend,  # type: ignore[arg-type]
+            report = run_soak(broker,  # type: ignore[arg-type]
                               events=events, subscribers=subscribers, services=services,
                               nack=nack, failure=failure,
                               delay=delay, drops=drops, seed=seed, max_retries=max_retries,
                               retry_ttl_ms=retry_ttl, timeout=timeout, keep=keep,
                               organization=organization)
     finally:
-        backend.close()  # type: ignore[attr-defined]
+        broker.close()  # type: ignore[attr-defined]
     if json:
         print_json(report.to_dict())
     else:

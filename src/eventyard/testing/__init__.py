@@ -9,7 +9,7 @@
     recorder.assert_handled(UserCreated, times=1, handler=send_mail_handler)
 """
 
-from eventyard.testing.capture import RecordingBackend, capturing_backend
+from eventyard.testing.capture import RecordingBroker, capturing_broker
 from eventyard.testing.recorder import MessageRecorder
 
-__all__ = ["MessageRecorder", "RecordingBackend", "capturing_backend"]
+__all__ = ["MessageRecorder", "RecordingBroker", "capturing_broker"]

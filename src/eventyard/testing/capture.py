@@ -1,6 +1,6 @@
-"""Capture what buses publish, over any backend, or over none (``capturing_backend``).
+"""Capture what buses publish, over any broker, or over none (``capturing_broker``).
 
-A ``RecordingBackend`` stands in for the backend it wraps wherever that one is taken: the
+A ``RecordingBroker`` stands in for the broker it wraps wherever that one is taken: the
 generic buses and consumers, the RabbitMQ and memory classes (it passes on what they read of
 their connector: settings, the blocking publisher of a single RabbitMQ publish, recorded too).
 """
@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from eventyard import codec
-from eventyard.buses import Backend, NotImplementedBroker
+from eventyard.buses import Broker, NotImplementedBroker
 from eventyard.engine import LoopThread
 from eventyard.errors import MessageDecodeError
 from eventyard.messages import Message
@@ -79,13 +79,13 @@ class _RecordingBlockingPublisher:
         return getattr(self._inner, name)
 
 
-class RecordingBackend:
-    """A backend that forwards to ``inner`` and records what its publishers publish.
+class RecordingBroker:
+    """A broker that forwards to ``inner`` and records what its publishers publish.
 
-    Anything else asked of it (``settings``, ``close()``, ...) is the inner backend's.
+    Anything else asked of it (``settings``, ``close()``, ...) is the inner broker's.
     """
 
-    def __init__(self, inner: Backend, recorder: MessageRecorder | None = None) -> None:
+    def __init__(self, inner: Broker, recorder: MessageRecorder | None = None) -> None:
         self.inner = inner
         self.recorder = recorder if recorder is not None else MessageRecorder()
         self._wrapped: dict[int, _RecordingTransport] = {}
@@ -98,7 +98,7 @@ class RecordingBackend:
 
     @property
     def blocking_publisher(self) -> _RecordingBlockingPublisher:
-        """The inner backend's blocking publisher (RabbitMQ's single publish), recording."""
+        """The inner broker's blocking publisher (RabbitMQ's single publish), recording."""
         inner = getattr(self.inner, "blocking_publisher")  # noqa: B009 - AttributeError if none
         if self._blocking is None or self._blocking._inner is not inner:
             self._blocking = _RecordingBlockingPublisher(inner, self.recorder)
@@ -106,7 +106,7 @@ class RecordingBackend:
 
     @property
     def loop_thread(self) -> LoopThread:
-        """The inner backend's loop."""
+        """The inner broker's loop."""
         return self.inner.loop_thread
 
     async def publisher_transport(self) -> Transport:
@@ -127,6 +127,11 @@ class RecordingBackend:
         return self.recorder.published()
 
 
-def capturing_backend(recorder: MessageRecorder | None = None) -> RecordingBackend:
-    """A backend that delivers nothing and records every publish: unit-test code that publishes."""
-    return RecordingBackend(NotImplementedBroker(), recorder)
+def capturing_broker(recorder: MessageRecorder | None = None) -> RecordingBroker:
+    """A broker that delivers nothing and records every publish: unit-test code that publishes."""
+    return RecordingBroker(NotImplementedBroker(), recorder)
+
+
+# The names of earlier releases, kept so that existing tests keep importing them.
+RecordingBackend = RecordingBroker
+capturing_backend = capturing_broker

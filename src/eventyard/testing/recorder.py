@@ -1,8 +1,8 @@
 """``MessageRecorder``: what was published, handled, retried and dead-lettered, with asserts.
 
-``recorder.watch(consumer)`` makes it observe a consumer (any backend's, sync or async) and
-know which handler consumes which queue, the store's included; ``recorder.watch(backend)``
-wraps a backend (``RabbitMqConnector``, ``MemoryBroker``) so that the buses and consumers built
+``recorder.watch(consumer)`` makes it observe a consumer (any broker's, sync or async) and
+know which handler consumes which queue, the store's included; ``recorder.watch(broker)``
+wraps a broker (``RabbitMqConnector``, ``MemoryBroker``) so that the buses and consumers built
 on it are seen too: ``RabbitMqDomainEventBus(recorder.watch(connector), "acme", "svc")``.
 Thread-safe: consumers call it on their loop, tests read it from theirs; ``wait_for`` waits on a
 condition with a timeout.
@@ -19,8 +19,8 @@ from eventyard.messages import Message
 from eventyard.subscribers import Handler, handler_name
 
 if TYPE_CHECKING:
-    from eventyard.buses import Backend, MessageConsumer
-    from eventyard.testing.capture import RecordingBackend
+    from eventyard.buses import Broker, MessageConsumer
+    from eventyard.testing.capture import RecordingBroker
 
 HandlerRef = str | Handler
 Consumer = TypeVar("Consumer", "MessageConsumer", AsyncMessageConsumer)
@@ -70,16 +70,16 @@ class MessageRecorder:
     def watch(self, target: Consumer) -> Consumer: ...
 
     @overload
-    def watch(self, target: Backend) -> RecordingBackend: ...
+    def watch(self, target: Broker) -> RecordingBroker: ...
 
     def watch(self, target: Any) -> Any:
-        """Observe ``target``: a consumer (returned as it is, now observed), or a backend
+        """Observe ``target``: a consumer (returned as it is, now observed), or a broker
         (returned wrapped: what its publishers publish is recorded).
 
-        Build buses on the wrapped backend, ``RabbitMqDomainEventBus(recorder.watch(connector),
+        Build buses on the wrapped broker, ``RabbitMqDomainEventBus(recorder.watch(connector),
         ...)``, rather than passing a bus here.
         """
-        from eventyard.testing.capture import RecordingBackend
+        from eventyard.testing.capture import RecordingBroker
 
         engine = getattr(target, "engine", target)  # a sync consumer runs an async one
         if isinstance(engine, AsyncMessageConsumer):
@@ -89,10 +89,10 @@ class MessageRecorder:
                     engine.add_observer(self)
             return target
         if callable(getattr(target, "publisher_transport", None)):
-            return RecordingBackend(target, self)
+            return RecordingBroker(target, self)
         raise TypeError(
-            f"watch() takes a consumer or a backend (a connector or broker), not "
-            f"{type(target).__name__}; for a bus, watch the backend it is built on: "
+            f"watch() takes a consumer or a broker (RabbitMqConnector, MemoryBroker), not "
+            f"{type(target).__name__}; for a bus, watch the broker it is built on: "
             "DomainEventBus(recorder.watch(connector), ...)")
 
     def clear(self) -> None:
@@ -108,7 +108,7 @@ class MessageRecorder:
             return [e for e in self._events if kind is None or e.kind == kind]
 
     def published(self, message_class: type[Message] | None = None) -> list[Message]:
-        """Messages published through a watched backend."""
+        """Messages published through a watched broker."""
         with self._condition:
             return [m for m in self._published if _is(m, message_class)]
 
