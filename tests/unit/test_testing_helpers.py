@@ -122,10 +122,10 @@ def test_watching_a_bus_says_to_watch_its_broker() -> None:
 
 
 def test_the_testing_helpers_keep_their_earlier_names() -> None:
-    from eventyard.testing import capture
+    from eventyard import testing
 
-    assert capture.RecordingBackend is capture.RecordingBroker
-    assert capture.capturing_backend is capturing_broker
+    assert testing.RecordingBackend is testing.RecordingBroker
+    assert testing.capturing_backend is capturing_broker
 
 
 def test_the_example_of_docs_testing_runs() -> None:

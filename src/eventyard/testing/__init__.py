@@ -9,7 +9,9 @@
     recorder.assert_handled(UserCreated, times=1, handler=send_mail_handler)
 """
 
+from eventyard.testing.capture import RecordingBackend as RecordingBackend  # earlier names
 from eventyard.testing.capture import RecordingBroker, capturing_broker
+from eventyard.testing.capture import capturing_backend as capturing_backend
 from eventyard.testing.recorder import MessageRecorder
 
 __all__ = ["MessageRecorder", "RecordingBroker", "capturing_broker"]
