@@ -1,12 +1,13 @@
 """The dead-letter port: what an operator does with dead letters, on any broker.
 
-A ``DeadLetterBox`` looks at the dead letters of queues without consuming them (``peek``,
-``dump``), sends selected ones back to their subscribers through the retry queue (``requeue``)
-and deletes selected ones for good (``discard``). Both brokers implement it:
-``RabbitMqConnector.dead_letter_box()`` and ``MemoryBroker.dead_letter_box()`` open one for the
-length of an ``async with`` block, so the contract suite runs the same operator scenarios on
-both. The model (``DeadLetter``, ``Selection``) is ``eventyard.dead_letters``; what an operation
-did is a ``Report`` of ``eventyard.dead_letter_reports``.
+A ``DeadLetterBox`` counts and looks at the dead letters of queues without consuming them
+(``count``, ``summarize``, ``peek``, ``dump``), sends selected ones back to their subscribers
+through the retry queue (``requeue``) and deletes selected ones for good (``discard``). Both
+brokers implement it: ``RabbitMqConnector.dead_letter_box()`` and
+``MemoryBroker.dead_letter_box()`` open one for the length of an ``async with`` block, so the
+contract suite runs the same operator scenarios on both, and the CLI's ``dlq`` commands are
+written on it. The model (``DeadLetter``, ``Selection``) is ``eventyard.dead_letters``; what an
+operation did, or what a queue holds, is in ``eventyard.dead_letter_reports``.
 
 Guarantees, on both brokers: a requeued copy is confirmed routed to the subscriber's retry
 queue before its dead letter is removed, so a copy that reaches no queue leaves its dead letter
@@ -22,12 +23,21 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
 from eventyard import naming
-from eventyard.dead_letter_reports import Report, StepCallback
+from eventyard.dead_letter_reports import QueueSummary, Report, StepCallback
 from eventyard.dead_letters import ALL, DeadLetter, Selection
 
 
 class DeadLetterBox(Protocol):
     """Dead-letter operations on one broker (see the module's documentation)."""
+
+    async def count(self, queue: str) -> int | None:
+        """The messages ``queue`` holds, None when it does not exist."""
+        ...
+
+    async def summarize(self, queues: Sequence[str], *, limit: int = 10_000) -> list[QueueSummary]:
+        """Each queue's count and its letters (up to ``limit`` inspected) grouped by message type
+        and failure type; a queue that does not exist is in the list, marked so."""
+        ...
 
     async def peek(self, queue: str, *, limit: int | None = None, select: Selection = ALL,
                    seen: set[str] | None = None) -> list[DeadLetter]:

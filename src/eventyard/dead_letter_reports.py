@@ -1,12 +1,15 @@
-"""Dead-letter reports: what a requeue or discard run did with each dead letter, in order."""
+"""Dead-letter reports: what a requeue or discard run did with each dead letter, in order, and
+what a dead-letter queue holds (``QueueSummary``)."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from eventyard.dead_letters import DeadLetter
+from eventyard.display import printable
 
 StepOutcome = Literal["requeued", "would_requeue", "skipped", "failed", "discarded"]
 
@@ -71,3 +74,54 @@ class Report:
 
 
 StepCallback = Callable[[Step], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """Dead letters of one queue with the same message type, error and decodability."""
+
+    type: str
+    error: str
+    undecodable: bool
+    count: int
+    bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSummary:
+    """A dead-letter queue: its count and how many of each (message type, failure type)."""
+
+    queue: str
+    exists: bool
+    count: int
+    groups: tuple[Group, ...] = ()
+    inspected: int = 0
+
+    @property
+    def undecodable(self) -> int:
+        """How many inspected messages are undecodable."""
+        return sum(g.count for g in self.groups if g.undecodable)
+
+
+class Summarizing:
+    """Builds a ``QueueSummary`` from letters added as they are read (a large queue is never
+    held in memory)."""
+
+    def __init__(self, queue: str) -> None:
+        self.queue = queue
+        self.counts: Counter[tuple[str, str, bool]] = Counter()
+        self.sizes: Counter[tuple[str, str, bool]] = Counter()
+        self.inspected = 0
+
+    def add(self, letter: DeadLetter) -> None:
+        """Count ``letter`` in its group."""
+        key = (letter.type or "?", printable(letter.failure.type or "?"), letter.undecodable)
+        self.counts[key] += 1
+        self.sizes[key] += letter.size
+        self.inspected += 1
+
+    def summary(self, count: int) -> QueueSummary:
+        """The summary of the queue, which holds ``count`` messages."""
+        groups = tuple(Group(t, e, u, n, self.sizes[(t, e, u)])
+                       for (t, e, u), n in self.counts.most_common())
+        return QueueSummary(self.queue, True, count, groups, self.inspected)

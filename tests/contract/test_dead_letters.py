@@ -86,6 +86,22 @@ def test_peek_and_dump_read_every_dead_letter_and_leave_them_in_place(letters: L
     assert letters.count() == DEAD
 
 
+def test_summarize_groups_each_queue_by_type_and_failure(letters: Letters) -> None:
+    missing = f"{letters.dead}.missing"
+    summary, absent = _with_box(letters.yard, lambda box: box.summarize([letters.dead, missing]))
+    assert (summary.queue, summary.exists, summary.count, summary.inspected) == (
+        letters.dead, True, DEAD, DEAD)
+    [group] = summary.groups
+    assert (group.type, group.error, group.undecodable, group.count) == (
+        "user.created", "RuntimeError", False, DEAD)
+    assert (absent.queue, absent.exists, absent.count) == (missing, False, 0)
+    assert _with_box(letters.yard, lambda box: box.count(letters.dead)) == DEAD
+    assert _with_box(letters.yard, lambda box: box.count(missing)) is None
+    [limited] = _with_box(letters.yard, lambda box: box.summarize([letters.dead], limit=1))
+    assert (limited.count, limited.inspected) == (DEAD, 1)
+    assert letters.count() == DEAD
+
+
 def test_a_dry_run_moves_nothing(letters: Letters) -> None:
     report = letters.requeue(dry_run=True)
     assert report.count("would_requeue") == DEAD and report.count("requeued") == 0

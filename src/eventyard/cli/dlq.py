@@ -40,9 +40,9 @@ from eventyard.cli.dlq_render import (
     warn_undecodable,
 )
 from eventyard.cli.dlq_targets import present_queues, selection, target_of
-from eventyard.rabbitmq import dead_letters
-from eventyard.rabbitmq.dead_letters import DeadLetter, Report, Step
-from eventyard.rabbitmq.inspection import connect, queue_state
+from eventyard.dead_letter_reports import QueueSummary, Report, Step
+from eventyard.dead_letters import ALL, DeadLetter
+from eventyard.rabbitmq.dead_letter_box import open_dead_letter_box
 
 app = typer.Typer(help="Dead letters: list, show, requeue, discard, dump.", no_args_is_help=True)
 
@@ -69,11 +69,11 @@ def list_queues(organization: Organization, service: Service, app_spec: AppOptio
     """Each dead-letter queue with its count, by message type and error."""
     target = target_of(organization, service, app_spec, queue, store_queue, no_store, url)
 
-    async def summarize() -> list[dead_letters.QueueSummary]:
-        async with connect(target.settings) as connection:
+    async def summarize() -> list[QueueSummary]:
+        async with open_dead_letter_box(target.settings) as box:
             if target.explicit:
-                await present_queues(connection, target)
-            return await dead_letters.summarize(connection, target.queues, limit=limit)
+                await present_queues(box, target)
+            return await box.summarize(target.queues, limit=limit)
 
     summaries = run(summarize())
     if json_output:
@@ -122,10 +122,10 @@ def show(organization: Organization, service: Service, app_spec: AppOption = Non
     async def peek() -> tuple[list[str], list[DeadLetter]]:
         nonlocal complete
         letters: list[DeadLetter] = []
-        async with connect(target.settings) as connection:
-            present = await present_queues(connection, target)
+        async with open_dead_letter_box(target.settings) as box:
+            present = await present_queues(box, target)
             for name in present:
-                found = await dead_letters.peek(connection, name, limit=limit, select=select, seen=seen)
+                found = await box.peek(name, limit=limit, select=select, seen=seen)
                 complete = complete and len(found) < limit
                 letters += found
         return present, letters
@@ -164,17 +164,17 @@ def requeue(organization: Organization, service: Service, app_spec: AppOption = 
     present: list[str] = []
 
     async def move() -> Report:
-        async with connect(target.settings) as connection:
-            present[:] = await present_queues(connection, target)
-            total = sum([(await queue_state(connection, q)).messages for q in present])
+        async with open_dead_letter_box(target.settings) as box:
+            present[:] = await present_queues(box, target)
+            total = sum([await box.count(q) or 0 for q in present])
             with progress_bar() as progress:
                 task = progress.add_task("checking" if dry_run else "requeueing", total=total)
 
                 def advance(step: Step) -> None:
                     progress.advance(task)
 
-                return await dead_letters.requeue(
-                    connection, organization, service, present, select=select, dry_run=dry_run,
+                return await box.requeue(
+                    organization, service, present, select=select, dry_run=dry_run,
                     wait_seconds=wait, delay_ms=delay_ms, store_queue=store_queue, on_step=advance)
 
     report = run(move())
@@ -201,19 +201,19 @@ def discard(organization: Organization, service: Service, app_spec: AppOption = 
     select = selection(message_id, message_type, undecodable)
 
     async def count() -> tuple[list[str], int]:
-        async with connect(target.settings) as connection:
-            present = await present_queues(connection, target)
-            return present, sum([(await queue_state(connection, q)).messages for q in present])
+        async with open_dead_letter_box(target.settings) as box:
+            present = await present_queues(box, target)
+            return present, sum([await box.count(q) or 0 for q in present])
 
     present, total = run(count())
     if not yes:
-        which = "selected dead letters among " if select != dead_letters.ALL else ""
+        which = "selected dead letters among " if select != ALL else ""
         typer.confirm(f"Discard the {which}{plural(total, 'message')} of {', '.join(present)}? "
                       "This cannot be undone.", abort=True, err=True)
 
     async def remove() -> Report:
-        async with connect(target.settings) as connection:
-            return await dead_letters.discard(connection, present, select=select)
+        async with open_dead_letter_box(target.settings) as box:
+            return await box.discard(present, select=select)
 
     report = run(remove())
     if json_output:
@@ -250,10 +250,9 @@ def dump(organization: Organization, service: Service, app_spec: AppOption = Non
     present: list[str] = []
 
     async def write(stream: TextIO) -> int:
-        async with connect(target.settings) as connection:
-            present[:] = await present_queues(connection, target)
-            return await dead_letters.dump(connection, present, stream.write, select=select,
-                                           limit=limit, seen=seen)
+        async with open_dead_letter_box(target.settings) as box:
+            present[:] = await present_queues(box, target)
+            return await box.dump(present, stream.write, select=select, limit=limit, seen=seen)
 
     with _output(output) as stream:
         written = run(write(stream))

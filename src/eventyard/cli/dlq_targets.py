@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from aiormq.abc import AbstractConnection
 from rich.text import Text
 
-from eventyard import naming
+from eventyard import dead_letters, naming
 from eventyard.cli.common import app_topology, err, fail, settings, topology_options
+from eventyard.dead_letter_box import DeadLetterBox
+from eventyard.dead_letters import Selection
 from eventyard.errors import ConfigurationError, ManagementApiError, QueueNotFoundError
-from eventyard.rabbitmq import dead_letters
-from eventyard.rabbitmq.dead_letters import Selection
-from eventyard.rabbitmq.inspection import queue_state
 from eventyard.rabbitmq.management import discover_dead_letter_queues
 from eventyard.rabbitmq.settings import ConnectionSettings
 
@@ -71,11 +69,11 @@ def discovered(org: str, svc: str, store_queue: str, connection: ConnectionSetti
     return Target(org, svc, mine, False, store_queue, connection)
 
 
-async def present_queues(connection: AbstractConnection, target: Target) -> list[str]:
+async def present_queues(box: DeadLetterBox, target: Target) -> list[str]:
     """The target's queues that exist; a missing named queue is an error, a derived one a note."""
     present = []
     for queue in target.queues:
-        if (await queue_state(connection, queue)).exists:
+        if await box.count(queue) is not None:
             present.append(queue)
         elif target.explicit:
             raise QueueNotFoundError(f"queue {queue!r} does not exist on {target.settings.describe()}")

@@ -20,7 +20,14 @@ from typing import Any
 
 from eventyard import naming
 from eventyard.dead_letter_box import json_line
-from eventyard.dead_letter_reports import Report, Step, StepCallback, StepOutcome
+from eventyard.dead_letter_reports import (
+    QueueSummary,
+    Report,
+    Step,
+    StepCallback,
+    StepOutcome,
+    Summarizing,
+)
 from eventyard.dead_letters import ALL, DeadLetter, Selection, letter_of, requeued_headers, route_for
 from eventyard.errors import ConfigurationError, QueueNotFoundError
 from eventyard.headers import DEFAULT_FRAME_MAX, encodable
@@ -56,6 +63,26 @@ class MemoryDeadLetterBox:
             found.ready = deque(item for item in found.ready if item is not stored)
             self.state.changed()
             return True
+
+    async def count(self, queue: str) -> int | None:
+        """The messages ``queue`` holds, None when it does not exist."""
+        with self.state.lock:
+            found = self.state.queues.get(queue)
+            return None if found is None else len(found.ready)
+
+    async def summarize(self, queues: Sequence[str], *, limit: int = 10_000) -> list[QueueSummary]:
+        """Each queue's count and its letters grouped by message type and failure type."""
+        summaries = []
+        for queue in queues:
+            count = await self.count(queue)
+            if count is None:
+                summaries.append(QueueSummary(queue, False, 0))
+                continue
+            summarizing = Summarizing(queue)
+            for _, letter in self._held(queue, limit):
+                summarizing.add(letter)
+            summaries.append(summarizing.summary(count))
+        return summaries
 
     async def peek(self, queue: str, *, limit: int | None = None, select: Selection = ALL,
                    seen: set[str] | None = None) -> list[DeadLetter]:

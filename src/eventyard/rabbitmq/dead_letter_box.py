@@ -10,10 +10,10 @@ from typing import Any
 from aiormq.abc import AbstractConnection
 
 from eventyard import naming
-from eventyard.dead_letter_reports import Report, StepCallback
+from eventyard.dead_letter_reports import QueueSummary, Report, StepCallback
 from eventyard.dead_letters import ALL, DeadLetter, Selection
 from eventyard.rabbitmq import dead_letters
-from eventyard.rabbitmq.inspection import connect
+from eventyard.rabbitmq.inspection import connect, queue_state
 from eventyard.rabbitmq.settings import ConnectionSettings
 
 
@@ -22,6 +22,15 @@ class RabbitMqDeadLetterBox:
 
     def __init__(self, connection: AbstractConnection) -> None:
         self.connection = connection
+
+    async def count(self, queue: str) -> int | None:
+        """The messages ``queue`` holds, None when it does not exist."""
+        state = await queue_state(self.connection, queue)
+        return state.messages if state.exists else None
+
+    async def summarize(self, queues: Sequence[str], *, limit: int = 10_000) -> list[QueueSummary]:
+        """Each queue's count and its letters grouped by message type and failure type."""
+        return await dead_letters.summarize(self.connection, queues, limit=limit)
 
     async def peek(self, queue: str, *, limit: int | None = None, select: Selection = ALL,
                    seen: set[str] | None = None) -> list[DeadLetter]:

@@ -24,15 +24,21 @@ its id. Reading is in ``rabbitmq/reading.py``, requeueing in ``rabbitmq/requeuei
 from __future__ import annotations
 
 import contextlib
-from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from aiormq.abc import AbstractConnection
 
 from eventyard.dead_letter_box import json_line
-from eventyard.dead_letter_reports import Report, Step, StepCallback, StepOutcome
+from eventyard.dead_letter_reports import (
+    Group,
+    QueueSummary,
+    Report,
+    Step,
+    StepCallback,
+    StepOutcome,
+    Summarizing,
+)
 from eventyard.dead_letters import (
     ALL,
     FINGERPRINT_PREFIX,
@@ -82,33 +88,6 @@ async def peek(connection: AbstractConnection, queue: str, *, limit: int | None 
     return letters
 
 
-@dataclass(frozen=True, slots=True)
-class Group:
-    """Dead letters of one queue with the same message type, error and decodability."""
-
-    type: str
-    error: str
-    undecodable: bool
-    count: int
-    bytes: int
-
-
-@dataclass(frozen=True, slots=True)
-class QueueSummary:
-    """A dead-letter queue: its count and how many of each (message type, failure type)."""
-
-    queue: str
-    exists: bool
-    count: int
-    groups: tuple[Group, ...] = ()
-    inspected: int = 0
-
-    @property
-    def undecodable(self) -> int:
-        """How many inspected messages are undecodable."""
-        return sum(g.count for g in self.groups if g.undecodable)
-
-
 async def summarize(connection: AbstractConnection, queues: Sequence[str], *,
                     limit: int = 10_000) -> list[QueueSummary]:
     """Count each queue's dead letters, grouped by message type and failure type."""
@@ -118,17 +97,11 @@ async def summarize(connection: AbstractConnection, queues: Sequence[str], *,
         if not state.exists:
             summaries.append(QueueSummary(queue, False, 0))
             continue
-        counts: Counter[tuple[str, str, bool]] = Counter()
-        sizes: Counter[tuple[str, str, bool]] = Counter()
-        inspected = 0
+        summarizing = Summarizing(queue)
         async with contextlib.aclosing(held_letters(connection, queue, "a look", limit)) as held:
             async for _, _, letter in held:
-                key = (letter.type or "?", printable(letter.failure.type or "?"), letter.undecodable)
-                counts[key] += 1
-                sizes[key] += letter.size
-                inspected += 1
-        groups = tuple(Group(t, e, u, n, sizes[(t, e, u)]) for (t, e, u), n in counts.most_common())
-        summaries.append(QueueSummary(queue, True, state.messages, groups, inspected))
+                summarizing.add(letter)
+        summaries.append(summarizing.summary(state.messages))
     return summaries
 
 
