@@ -8,16 +8,50 @@ message that says how to get one (DESIGN §10).
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
-from support import names
-from support.broker import URL_ENV, Inspector, RabbitBroker, configured_url, probe
+from support import names, parallel
+from support.broker import URL_ENV, Inspector, RabbitBroker, configured_url, inspector_for, probe
 from support.leftovers import holdings, left_behind, wait_for_clean
-from support.management import Management
 from support.rabbitnode import ThrowawayNode, rabbitmq_installed
+
+_LEFTOVERS = parallel.LeftoverCheck()  # used by the xdist controller only
+parallel.forget_terminal_size()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """In a parallel run, the tests of one expensive fixture share a worker, and go first."""
+    if parallel.is_worker(config):
+        parallel.group(items)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """An xdist worker ended: keep what it saw on the broker for the check at the end."""
+    _LEFTOVERS.receive(node)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """In the xdist controller, once every worker has ended: the leftover check, once."""
+    if _LEFTOVERS.reports and _left_behind(_LEFTOVERS.check()):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _LEFTOVERS.found:
+        terminalreporter.section("nothing_left_on_the_broker", red=True)
+        terminalreporter.write_line(_left_behind(_LEFTOVERS.found))
+
+
+def _left_behind(found: list[str]) -> str:
+    if not found:
+        return ""
+    return (f"the tests left {len(found)} things on the broker: " + "; ".join(found[:50])
+            + (" ..." if len(found) > 50 else ""))
 
 
 @pytest.fixture(scope="session")
@@ -26,10 +60,7 @@ def rabbit() -> Iterator[RabbitBroker]:
     url = configured_url()
     problem = probe(url)
     if problem is None:
-        ctl_ok = shutil.which("rabbitmqctl") is not None
-        management = Management.for_amqp_url(url)
-        yield RabbitBroker(url, Inspector(url, ctl_env=None if ctl_ok else dict(os.environ),
-                                          management=management if management.answers() else None))
+        yield RabbitBroker(url, inspector_for(url))
         return
     if os.environ.get(URL_ENV) or not rabbitmq_installed():
         pytest.fail(
@@ -70,7 +101,9 @@ def nothing_left_on_the_broker(request: pytest.FixtureRequest) -> Iterator[None]
 
     Vhosts and users count only by the first rule. A name present at the start is never
     blamed on this session. What is found is looked for again for up to 5 s first, as a queue
-    bound to a closing connection goes a moment later.
+    bound to a closing connection goes a moment later. In a parallel run (pytest-xdist) each
+    worker lists the broker before its first test and the controller checks once, after the
+    last worker has ended (``support.parallel``): workers still running make things meanwhile.
     """
     if not any(_uses_the_broker(item) for item in request.session.items):
         yield
@@ -88,14 +121,16 @@ def nothing_left_on_the_broker(request: pytest.FixtureRequest) -> Iterator[None]
     yield
     if broker.throwaway is not None:
         return  # the node and all it holds is destroyed with the session
+    if parallel.is_worker(request.config):
+        parallel.send(request.config, before, names.issued())
+        return
 
     def look() -> list[str]:
         return left_behind(before, holdings(inspector, looked_at), names.issued(), dedicated)
 
     found = wait_for_clean(look)
     if found:
-        pytest.fail(f"the tests left {len(found)} things on the broker: "
-                    + "; ".join(found[:50]) + (" ..." if len(found) > 50 else ""), pytrace=False)
+        pytest.fail(_left_behind(found), pytrace=False)
 
 
 @pytest.fixture

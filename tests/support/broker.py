@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -41,6 +42,15 @@ async def _probe(url: str) -> str | None:
 def probe(url: str) -> str | None:
     """None when an AMQP connection to ``url`` opens, else why not."""
     return asyncio.run(_probe(url))
+
+
+def inspector_for(url: str) -> Inspector:
+    """An inspector of the broker of ``url``: its management API when it answers, else
+    rabbitmqctl (as this user where it may run it, else with this process's environment)."""
+    ctl_ok = shutil.which("rabbitmqctl") is not None
+    management = Management.for_amqp_url(url)
+    return Inspector(url, ctl_env=None if ctl_ok else dict(os.environ),
+                     management=management if management.answers() else None)
 
 
 @dataclass

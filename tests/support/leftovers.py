@@ -101,3 +101,32 @@ def wait_for_clean(look: Callable[[], list[str]], timeout: float = 5.0) -> list[
         if not found or time.monotonic() > deadline:
             return found
         time.sleep(0.2)  # polling the broker with a deadline
+
+
+def to_wire(found: Holdings) -> dict[str, Any]:
+    """``found`` as plain lists and dicts (what an xdist worker can send its controller)."""
+    return {"vhosts": sorted(found.vhosts), "users": sorted(found.users),
+            "queues": {vhost: sorted(names) for vhost, names in found.queues.items()},
+            "exchanges": {vhost: sorted(names) for vhost, names in found.exchanges.items()}}
+
+
+def from_wire(sent: dict[str, Any]) -> Holdings:
+    """The ``Holdings`` that ``to_wire`` wrote."""
+    return Holdings(frozenset(sent["vhosts"]), frozenset(sent["users"]),
+                    {vhost: frozenset(names) for vhost, names in sent["queues"].items()},
+                    {vhost: frozenset(names) for vhost, names in sent["exchanges"].items()})
+
+
+def common(snapshots: Iterable[Holdings]) -> Holdings:
+    """What every one of ``snapshots`` holds: the broker before the earliest of them, as far as
+    names this session may make are concerned (each worker of a parallel run takes its own)."""
+    taken = list(snapshots)
+
+    def per_vhost(kind: Callable[[Holdings], dict[str, frozenset[str]]]) -> dict[str, frozenset[str]]:
+        vhosts = {vhost for snapshot in taken for vhost in kind(snapshot)}
+        return {vhost: frozenset.intersection(*(kind(s).get(vhost, frozenset()) for s in taken))
+                for vhost in vhosts}
+
+    return Holdings(frozenset.intersection(*(s.vhosts for s in taken)),
+                    frozenset.intersection(*(s.users for s in taken)),
+                    per_vhost(lambda s: s.queues), per_vhost(lambda s: s.exchanges))

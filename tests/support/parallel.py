@@ -1,0 +1,83 @@
+"""The suite run by pytest-xdist (``make test`` does): which tests share a worker, and the
+end-of-session leftover check made once, by the controller, after every worker has ended.
+
+Tests that use an expensive module fixture (the TLS node) are put in one xdist group, so the
+fixture is made once, in one worker (``--dist loadgroup``); they and the tests that start a
+throwaway node go first, so that the slowest tests do not end the run alone.
+
+Each worker lists what the broker holds before its first test and sends that, with the names
+it made up, to the controller at its end; the controller then compares the broker with what
+every worker saw at its start (see ``leftovers.common``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+
+from support.broker import configured_url, inspector_for
+from support.leftovers import Holdings, common, from_wire, holdings, left_behind, to_wire, wait_for_clean
+
+# fixture -> the xdist group of every test that uses it
+GROUPS = {"tls_node": "tls-node"}
+# tests using these fixtures start first (a RabbitMQ node boots in 5 to 20 s)
+FIRST = frozenset({"tls_node", "throwaway_node"})
+KEY = "eventyard_leftovers"
+
+
+def is_worker(config: pytest.Config) -> bool:
+    """True in an xdist worker."""
+    return hasattr(config, "workerinput")
+
+
+def forget_terminal_size() -> None:
+    """In an xdist worker, drop the ``COLUMNS`` and ``LINES`` the worker is started with (80
+    by 24, whatever the terminal): the CLI's rich consoles would keep that width for good, and
+    the CLI tests set the width they want in the environment of each call."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        for name in ("COLUMNS", "LINES"):
+            os.environ.pop(name, None)
+
+
+def group(items: list[pytest.Item]) -> None:
+    """Mark the tests of each fixture in ``GROUPS`` as one xdist group, and put the tests of
+    ``FIRST`` first (the slowest: started first, they end before the rest)."""
+    for item in items:
+        for fixture, name in GROUPS.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.xdist_group(name))
+    items.sort(key=lambda item: FIRST.isdisjoint(getattr(item, "fixturenames", ())))
+
+
+def send(config: pytest.Config, before: Holdings, issued: frozenset[str]) -> None:
+    """In a worker: hand what the broker held at its start, and its names, to the controller."""
+    config.workeroutput[KEY] = {"before": to_wire(before), "issued": sorted(issued)}  # type: ignore[attr-defined]
+
+
+class LeftoverCheck:
+    """In the controller: the workers' reports, and what the broker still holds of them."""
+
+    def __init__(self) -> None:
+        self.reports: list[dict[str, Any]] = []
+        self.found: list[str] = []
+
+    def receive(self, node: Any) -> None:
+        """Keep the report of a worker that has ended (``pytest_testnodedown``)."""
+        sent = getattr(node, "workeroutput", {}).get(KEY)
+        if sent:
+            self.reports.append(sent)
+
+    def check(self) -> list[str]:
+        """Compare the broker now with what it held before any worker's first test."""
+        if not self.reports:
+            return []
+        inspector = inspector_for(configured_url())
+        vhost = inspector.vhost
+        dedicated = frozenset() if vhost == "/" else frozenset({vhost})
+        before = common(from_wire(report["before"]) for report in self.reports)
+        tokens = frozenset(name for report in self.reports for name in report["issued"])
+        self.found = wait_for_clean(
+            lambda: left_behind(before, holdings(inspector, {vhost, "/"}), tokens, dedicated))
+        return self.found
