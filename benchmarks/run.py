@@ -79,6 +79,15 @@ def cases(quick: bool) -> list[Case]:
              ["eventyard_consume_async_off"], {"count": n(20_000)}, prefill=n(20_000),
              handlers={"eventyard_consume_async_otel": "anoop", "eventyard_consume_async": "anoop",
                        "eventyard_consume_async_off": "anoop"}),
+        # The transactional outbox (benchmarks/outbox.py, needs PostgreSQL) beside a plain publish.
+        Case("outbox", "outbox: 20,000 events committed (transactions of 100) and relayed, "
+             "beside plain publish([...])", ["eventyard_outbox_relay", "eventyard_outbox_commit_relay"],
+             ["eventyard_publish_batch"], {"count": n(20_000)},
+             target={"eventyard_outbox_relay": 0.5}),
+        Case("outbox_latency", "latency, outbox commit to handler (raw: bus publish to handler), "
+             "500 events/s", ["eventyard_outbox_latency"], ["eventyard_latency"],
+             {"count": n(3000), "rate": 500.0},
+             handlers={"eventyard_outbox_latency": "anoop", "eventyard_latency": "anoop"}),
         Case("latency", "end-to-end latency, publish to handler, at a fixed rate",
              ["eventyard_latency"], ["aiormq_latency"], {"count": n(4000), "rate": 1000.0},
              handlers={"eventyard_latency": "anoop", "aiormq_latency": "anoop"}),
@@ -141,7 +150,7 @@ def run_case(case: Case, rounds: int, log: Callable[[str], None]) -> dict[str, l
 def summarize(case: Case, results: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """Rows of the table: each eventyard program beside the best raw program (medians)."""
     rows = []
-    if case.name == "latency":
+    if case.name.endswith("latency"):
         for program in case.yard + case.raw:
             values = [x for r in results[program] for x in r["latencies"]]
             rows.append({"case": case.name, "program": program,

@@ -11,14 +11,14 @@ import logging
 import os
 import sys
 
-from benchmarks import raw, rivals, yard
+from benchmarks import outbox, raw, rivals, yard
 from benchmarks.common import Plan
 
 
 def main() -> None:
     logging.basicConfig(level=getattr(logging, os.environ.get("EVENTYARD_BENCH_LOG_LEVEL", "WARNING")))
     name, plan, args = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
-    program = {**raw.PROGRAMS, **rivals.PROGRAMS, **yard.PROGRAMS}[name]
+    program = {**raw.PROGRAMS, **rivals.PROGRAMS, **yard.PROGRAMS, **outbox.PROGRAMS}[name]
     result = program(Plan(**plan), **args)
     print("RESULT " + json.dumps(result))
 
