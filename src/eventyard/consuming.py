@@ -42,8 +42,7 @@ from eventyard.topology import (
 )
 from eventyard.watchdog import DEFAULT_HANDLER_TIMEOUT, watch
 
-__all__ = ["DEFAULT_HANDLER_TIMEOUT", "AsyncMessageConsumer", "ConsumerEvent", "ConsumerSettings",
-           "EventKind", "Observer"]
+__all__ = ["AsyncMessageConsumer", "ConsumerEvent", "ConsumerSettings", "EventKind", "Observer"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,10 +54,9 @@ class ConsumerSettings:
     """How a consumer takes messages. ``concurrency`` is per queue; 1 keeps queue order.
 
     ``retry`` is the retry policy of subscribers that set none (None: the fixed delay of the
-    retry queue, with the consumer's ``max_retries``); ``handler_timeout`` bounds each handler
-    run of subscribers that set no ``timeout``, in seconds: ``DEFAULT_HANDLER_TIMEOUT`` (900 s,
-    well below RabbitMQ's default ``consumer_timeout`` of 1800 s) unless set; None turns the
-    bound off (a handler may then hold its delivery unacked for as long as it runs).
+    retry queue, with the consumer's ``max_retries``); ``handler_timeout`` bounds each handler run
+    of subscribers that set no ``timeout``, in seconds (``DEFAULT_HANDLER_TIMEOUT``, 900, half of
+    RabbitMQ's default ``consumer_timeout``; None: no bound, a delivery stays unacked as long).
     """
 
     prefetch: int = 10
@@ -145,28 +143,22 @@ class AsyncMessageConsumer:
         subscriptions = subscriptions_of(self._subscribers)
         if not subscriptions:
             raise ConfigurationError("no subscribers: call add_subscribers() before start()")
-        self._stopped = asyncio.Event()
-        self._stopping = False
+        self._stopped, self._stopping, self._watchdog = asyncio.Event(), False, None
         instrument()
         self._transport = await self._transports()
         if any(not is_async_handler(h) for s in subscriptions for h in s.handlers):
-            workers = self.settings.concurrency * len(subscriptions)
-            self._executor = DaemonThreadPool(max(1, min(64, workers)), "eventyard-handler")
+            threads = self.settings.concurrency * len(subscriptions)
+            self._executor = DaemonThreadPool(max(1, min(64, threads)), "eventyard-handler")
         try:
-            delayed: list[QueueWorker] = []
-            watched = []
+            workers = []
             for subscription in subscriptions:
                 queue = subscription_queue(self.organization, self.service, subscription,
                                            self.store_queue)
-                worker = self._worker(subscription, queue)
-                if worker.watched is not None:
-                    watched.append(worker.watched)
-                    if self._watchdog is None:  # before the first delivery can arrive
-                        self._watchdog = asyncio.get_running_loop().create_task(watch(watched))
+                workers.append(worker := self._worker(subscription, queue))
                 self._consumptions.append(await self._consume(subscription, queue, worker))
-                if worker.delayed:
-                    delayed.append(worker)
-            if delayed and self.settings.declare_missing:
+            if watched := [w.watched for w in workers if w.watched is not None]:
+                self._watchdog = asyncio.get_running_loop().create_task(watch(watched))
+            if self.settings.declare_missing and (delayed := [w for w in workers if w.delayed]):
                 await self._declare_delays(delayed)
         except BaseException:
             await self.stop()
@@ -228,9 +220,8 @@ class AsyncMessageConsumer:
                 await asyncio.wait(pending, timeout=_CANCEL_SECONDS)
                 break
             await asyncio.wait(pending, timeout=left)
-        watchdog, self._watchdog = self._watchdog, None
-        if watchdog is not None:
-            watchdog.cancel()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
@@ -266,8 +257,7 @@ class AsyncMessageConsumer:
     def _worker(self, subscription: Subscription, queue: str) -> QueueWorker:
         settings = self.settings
         return QueueWorker(self, subscription, queue,
-                           route=route_of(self.organization, self.service, queue,
-                                         self.store_queue),
+                           route=route_of(self.organization, self.service, queue, self.store_queue),
                            policy=policy_of(subscription, settings.retry, self.policy),
                            timeout=subscription.timeout or settings.handler_timeout,
                            concurrency=settings.concurrency)

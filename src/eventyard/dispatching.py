@@ -78,6 +78,7 @@ class QueueWorker:
         # What the watchdog looks at (None: no timeout, nothing recorded).
         self.watched = Watched(timeout, host.executor) if timeout is not None else None
         self.slots = asyncio.Semaphore(concurrency)
+        self._tracked: asyncio.Task[Any] | None = None
         self.ordered = concurrency == 1
         self.forwarder = Forwarder(host, queue, route)
         self.settler = Settler(host, queue, self.forwarder, policy, delayed=self.delayed,
@@ -97,8 +98,10 @@ class QueueWorker:
             return
         if self.ordered:
             task = asyncio.current_task()
-            if task is not None:  # tracking is idempotent: a task of ours is tracked once
-                self.host.track(task)
+            if task is not self._tracked:  # the transport's task: tracked once
+                self._tracked = task
+                if task is not None:
+                    self.host.track(task)
             await self.process(delivery)
             return
         await self.slots.acquire()
@@ -178,6 +181,9 @@ class QueueWorker:
         return outcome
 
     async def _call_handlers(self, message: Message) -> Outcome:
+        """Run the handlers in order up to the first failure. With a timeout, each run is
+        registered (its start) for the watchdog, which cancels an async one that runs too long
+        (the task awaiting it: ``took_back`` then takes the cancellation back)."""
         watched = self.watched
         for handler, is_async in self.handlers:
             if not is_async:
@@ -186,37 +192,30 @@ class QueueWorker:
                 outcome = await run_on_pool(executor, handler, message,
                                             asyncio.get_running_loop(),
                                             watched.runs if watched is not None else None)
-            elif watched is None:
-                try:
-                    returned: Any = await handler(message)
-                except BaseException as error:  # a stop of ours or a real interrupt re-raises
-                    outcome = failure_of(error)
-                else:
-                    outcome = (SUCCESS if returned is None or returned is True
-                               else outcome_of(returned))
-            else:
-                outcome = await self._call_watched(handler, message, watched)
-            if not outcome.success:
-                return outcome
+                if not outcome.success:
+                    return outcome
+                continue
+            task: Any = None
+            if watched is not None:
+                task = asyncio.current_task()
+                watched.runs[task] = (time.monotonic(), handler, None)
+            try:
+                returned: Any = await handler(message)
+            except BaseException as error:
+                if watched is not None:
+                    watched.runs.pop(task, None)
+                    if watched.expired and watched.took_back(task):
+                        return timed_out(handler, watched.timeout)
+                return failure_of(error)  # a stop of ours or a real interrupt re-raises
+            if watched is not None:
+                watched.runs.pop(task, None)
+                if watched.expired:  # the handler swallowed the cancellation: it is done anyway
+                    watched.took_back(task)
+            if not (returned is None or returned is True):
+                outcome = outcome_of(returned)
+                if not outcome.success:
+                    return outcome
         return SUCCESS
-
-    async def _call_watched(self, handler: Any, message: Message, watched: Watched) -> Outcome:
-        """Run an async handler that the watchdog cancels if it runs too long."""
-        task = asyncio.current_task()
-        assert task is not None
-        runs = watched.runs
-        runs[task] = (time.monotonic(), handler, None)
-        try:
-            returned: Any = await handler(message)
-        except BaseException as error:
-            runs.pop(task, None)
-            if watched.expired and watched.took_back(task):
-                return timed_out(handler, watched.timeout)
-            return failure_of(error)  # a stop of ours or a real interrupt re-raises
-        runs.pop(task, None)
-        if watched.expired:
-            watched.took_back(task)  # the handler swallowed the cancellation: it is done anyway
-        return SUCCESS if returned is None or returned is True else outcome_of(returned)
 
 
 def policy_of(subscription: Subscription, configured: RetryPolicy | None,

@@ -22,6 +22,7 @@ from aiormq.abc import DeliveredMessage
 from pamqp import commands as spec
 
 from eventyard.rabbitmq import fastpaths
+from eventyard.rabbitmq.assembling import Delivered
 
 logger = logging.getLogger(__name__)
 _EMPTY: Mapping[str, Any] = {}
@@ -166,11 +167,13 @@ def _ignore_result(task: asyncio.Task[Any]) -> None:
 class RabbitMqDelivery:
     """One delivery; ``ack``/``reject`` on a dead channel are no-ops (RabbitMQ redelivers)."""
 
-    __slots__ = ("_frame", "_message", "_settlements", "_tag", "queue")
+    __slots__ = ("_body", "_frame", "_properties", "_settlements", "_tag", "queue")
 
-    def __init__(self, message: DeliveredMessage, queue: str, settlements: Settlements) -> None:
+    def __init__(self, message: DeliveredMessage | Delivered, queue: str,
+                 settlements: Settlements) -> None:
         frame: Any = message.delivery  # a Basic.Deliver for consumed messages
-        self._message = message
+        self._body = message.body
+        self._properties = message.header.properties
         self._frame = frame
         self._tag = int(frame.delivery_tag)
         self._settlements = settlements
@@ -180,7 +183,7 @@ class RabbitMqDelivery:
     @property
     def body(self) -> bytes:
         """The raw body."""
-        body = self._message.body
+        body = self._body
         return body if type(body) is bytes else bytes(body)
 
     @property
@@ -196,7 +199,7 @@ class RabbitMqDelivery:
     @property
     def headers(self) -> Mapping[str, Any]:
         """Its headers."""
-        headers = self._message.header.properties.headers
+        headers = self._properties.headers
         return headers if headers is not None else _EMPTY
 
     @property
@@ -207,25 +210,25 @@ class RabbitMqDelivery:
     @property
     def message_id(self) -> str | None:
         """The ``message_id`` property."""
-        value = self._message.header.properties.message_id
+        value = self._properties.message_id
         return str(value) if value is not None else None
 
     @property
     def type(self) -> str | None:
         """The ``type`` property."""
-        value = self._message.header.properties.message_type
+        value = self._properties.message_type
         return str(value) if value is not None else None
 
     @property
     def timestamp(self) -> int | None:
         """The ``timestamp`` property in seconds."""
-        value = self._message.header.properties.timestamp
+        value = self._properties.timestamp
         return int(value.timestamp()) if value is not None else None
 
     @property
     def correlation_id(self) -> str | None:
         """The ``correlation_id`` property."""
-        value = self._message.header.properties.correlation_id
+        value = self._properties.correlation_id
         return str(value) if value is not None else None
 
     @property

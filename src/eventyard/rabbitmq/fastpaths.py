@@ -8,8 +8,8 @@ its internals instead:
   its reader by a module-level name, which is replaced once; other connections keep aiormq's);
 - publish: a chunk of a batch is numbered, marshalled and written as one payload under the
   channel's publish lock, each message with the confirmation future aiormq resolves;
-- consume: a delivery goes from the channel's frame reader to eventyard's pump, with no task
-  per message;
+- consume: a delivery is assembled from its frames by the connection's frame reader and goes
+  to eventyard's pump, with no frame queue, task or pamqp object per frame (``assembling``);
 - settle: acks and rejects go straight into the connection's write queue, with no task, lock
   or drain per frame.
 
@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import struct
 from collections import deque
 from collections.abc import Callable, Sequence
 from importlib.metadata import version
@@ -34,16 +33,16 @@ from typing import Any
 
 import aiormq.connection as amqp_connection
 import pamqp.frame
-from aiormq.abc import ChannelFrame, DeliveredMessage
-from aiormq.exceptions import AMQPConnectionError, ProtocolSyntaxError
+from aiormq.abc import ChannelFrame
 from pamqp import commands as spec
 from pamqp.header import ContentHeader
 
 from eventyard.errors import BrokerConnectionError, ConfigurationError
 from eventyard.ports import OutgoingMessage
-from eventyard.rabbitmq import lenient
+from eventyard.rabbitmq.assembling import Assembly
 from eventyard.rabbitmq.framing import BrokerAlarm, FrameStream, FrameStreams
 from eventyard.rabbitmq.properties import basic_properties
+from eventyard.rabbitmq.receiving import RECEIVERS, BufferedFrameReceiver
 
 logger = logging.getLogger(__name__)
 
@@ -75,57 +74,26 @@ def active() -> bool:
 # -- frames -------------------------------------------------------------------------------------
 
 _AIORMQ_RECEIVER = amqp_connection.FrameReceiver
-_HEADER = struct.Struct(">BHI")  # frame type, channel, payload size
-_READ_SIZE = 65536
-
-
-class _BufferedFrameReceiver(_AIORMQ_RECEIVER):
-    """aiormq's ``FrameReceiver`` for a ``FrameStream``: frames cut out of one buffer."""
-
-    def __init__(self, stream: FrameStream) -> None:
-        super().__init__(stream.reader)
-        self._buffer = bytearray()
-        self._alarm = stream.alarm
-
-    async def get_frame(self) -> Any:
-        buffer = self._buffer
-        if not buffer and self.reader.at_eof():
-            raise StopAsyncIteration  # as aiormq's own reader: the stream ended between frames
-        while True:
-            if len(buffer) >= 7:
-                if not self.started:
-                    if buffer.startswith(b"AMQP"):
-                        raise ProtocolSyntaxError("Unexpected AMQP protocol header")
-                    self.started = True
-                end = 7 + _HEADER.unpack_from(buffer)[2] + 1
-                if len(buffer) >= end:
-                    raw = bytes(buffer[:end])
-                    del buffer[:end]
-                    try:
-                        frame = pamqp.frame.unmarshal(raw)
-                    except Exception as error:  # a hostile message's properties, say
-                        frame = pamqp.frame.unmarshal(lenient.repair(raw, error))
-                    if frame[1] == 0:  # the connection's own: heartbeats, alarms
-                        self._alarm.note(frame[2])
-                    return frame
-            try:
-                data = await self.reader.read(_READ_SIZE)
-            except OSError as error:
-                raise AMQPConnectionError(f"Server communication error: {error!r}") from error
-            if not data:
-                if buffer:
-                    raise AMQPConnectionError(
-                        "Server connection unexpectedly closed. "
-                        f"Read {len(buffer)} bytes of an unfinished frame")
-                raise AMQPConnectionError("Server connection unexpectedly closed")
-            buffer += data
 
 
 def frame_receiver(reader: Any) -> Any:
     """The frame reader aiormq gets for ``reader``: the buffered one for a fast ``FrameStream``."""
     if isinstance(reader, FrameStream) and reader.fast:
-        return _BufferedFrameReceiver(reader)
+        return BufferedFrameReceiver(reader)
     return _AIORMQ_RECEIVER(reader)
+
+
+class _Streams(FrameStreams):
+    """``FrameStreams`` that remember the last stream they opened: the connection's own (one
+    ``FrameStreams`` per connection; an attempt that failed is followed by the next one)."""
+
+    stream: FrameStream | None = None
+
+    async def create(self, url: Any, **kwargs: Any) -> tuple[asyncio.StreamReader,
+                                                            asyncio.StreamWriter]:
+        reader, writer = await super().create(url, **kwargs)
+        self.stream = reader if isinstance(reader, FrameStream) else None
+        return reader, writer
 
 
 def frame_streams(alarm: BrokerAlarm) -> FrameStreams:
@@ -133,7 +101,7 @@ def frame_streams(alarm: BrokerAlarm) -> FrameStreams:
     fast = active()
     if fast and amqp_connection.FrameReceiver is _AIORMQ_RECEIVER:
         amqp_connection.FrameReceiver = frame_receiver  # type: ignore[assignment,misc]
-    return FrameStreams(alarm, fast=fast)
+    return _Streams(alarm, fast=fast)
 
 
 # -- publish ------------------------------------------------------------------------------------
@@ -222,17 +190,24 @@ async def _put_unless_closed(channel: Any, payload: ChannelFrame) -> None:
 
 # -- consume ------------------------------------------------------------------------------------
 
-def deliver_directly(channel: Any, push: Callable[[DeliveredMessage], None]) -> None:
-    """Have ``channel``'s frame reader hand each delivery to ``push`` (aiormq would start a task
-    per message to run the consumer callback)."""
-    read_header = channel._Channel__get_content_header
-    read_content = channel._read_content
+def deliver_directly(channel: Any, push: Callable[[Any], None]) -> bool:
+    """Have each delivery on ``channel`` assembled from its frames by the connection's frame
+    reader and handed to ``push`` (``assembling``): no frame queue or task per message. False
+    where that reader is not eventyard's (then aiormq's consumer callback gets them)."""
+    streams = getattr(channel.connection, "_transport_factory", None)
+    stream = streams.stream if isinstance(streams, _Streams) else None
+    receiver = RECEIVERS.get(stream) if stream is not None else None
+    if receiver is None:
+        return False
+    number, assembly = channel.number, Assembly(push)
+    receiver.direct[number] = assembly
 
-    async def on_deliver_frame(frame: spec.Basic.Deliver) -> None:
-        header = await read_header()
-        push(await read_content(frame, header))
+    def forget(_: Any) -> None:
+        if receiver.direct.get(number) is assembly:
+            del receiver.direct[number]
 
-    channel._on_deliver_frame = on_deliver_frame
+    channel.closing.add_done_callback(forget)
+    return True
 
 
 # -- settle -------------------------------------------------------------------------------------
