@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -32,6 +34,8 @@ from eventyard.topology import TopologyOptions
 logger = logging.getLogger("eventyard.consuming")
 
 _REQUEUE_PAUSE_SECONDS = 1.0
+# A retry is logged at WARNING once a minute per queue (with how many came since), else INFO.
+_RETRY_WARNING_SECONDS = 60.0
 
 EventKind = Literal["handled", "failed", "retried", "dead_lettered", "poison", "chaos_nack"]
 
@@ -84,6 +88,8 @@ class Settler:
         self.policy = policy
         self.delayed = delayed
         self.ordered = ordered
+        self._retries = 0  # retries since the last one logged at WARNING
+        self._warned_at = -math.inf
 
     async def recover(self, delivery: Delivery, error: Exception) -> None:
         """Deal with ``error``, raised while processing or settling ``delivery``."""
@@ -128,12 +134,10 @@ class Settler:
     async def settle(self, delivery: Delivery, message: Message, outcome: Outcome,
                      count: int) -> None:
         """Ack a handled delivery; retry or dead-letter a failed one, as its policy decides."""
-        decision = self.policy.decide(outcome, count)
-        notify = self.host.notify
-        if decision is Decision.ACK:
+        if outcome.success:
             await delivery.ack()
             if self.host.observed:
-                notify(ConsumerEvent("handled", self.queue, message, count,
+                self.host.notify(ConsumerEvent("handled", self.queue, message, count,
                                      message_id=message.get_message_id()))
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug("handled %s %s from %s (attempt %d, correlation %s)",
@@ -141,11 +145,12 @@ class Settler:
                              count + 1, message.get_correlation_id(),
                              extra=fields(self.queue, message, count + 1, outcome="handled"))
             return
-        retry = decision is Decision.RETRY
+        retry = self.policy.decide(outcome, count) is Decision.RETRY
         delay = self.policy.delay_ms(count) if retry and self.delayed else None
         self._log_failure(message, outcome, count, retry, delay)
-        notify(ConsumerEvent("failed", self.queue, message, count, outcome,
-                             message.get_message_id()))
+        if self.host.observed:
+            self.host.notify(ConsumerEvent("failed", self.queue, message, count, outcome,
+                                           message.get_message_id()))
         if self.ordered:
             # The copy leaves this queue's order anyway: publish it (and ack the original once
             # it is confirmed) while the next deliveries run, not before them.
@@ -159,15 +164,25 @@ class Settler:
                      delay_ms: int | None = None) -> None:
         error = outcome.error_message[:500]
         if retry:
+            self._retries += 1
+            level, since = logging.INFO, ""
+            now = time.monotonic()
+            if now - self._warned_at >= _RETRY_WARNING_SECONDS:
+                level, self._warned_at = logging.WARNING, now
+                if self._retries > 1:
+                    since = f" ({self._retries} retries on this queue since the last warning)"
+                self._retries = 0
+            if not logger.isEnabledFor(level):
+                return
             options = self.host.options
             delay = (delay_ms if delay_ms is not None
                      else options.retry_ttl_ms if options is not None else None)
-            logger.warning(
-                "%s %s failed on %s (attempt %d, correlation %s), retrying %s: %s: %s",
+            logger.log(
+                level, "%s %s failed on %s (attempt %d, correlation %s), retrying %s: %s: %s%s",
                 message.get_message_name(), message.get_message_id(), self.queue, count + 1,
                 message.get_correlation_id(),
                 f"in {delay} ms" if delay is not None else "after the retry queue's delay",
-                outcome.error_type, error,
+                outcome.error_type, error, since,
                 extra=fields(self.queue, message, count + 1, outcome="retried",
                              error_type=outcome.error_type, error=error, delay_ms=delay))
         else:
@@ -181,8 +196,9 @@ class Settler:
     async def _forward_and_notify(self, delivery: Delivery, message: Message, outcome: Outcome,
                                   count: int, retry: bool, delay_ms: int | None = None) -> None:
         retried = await self.forwarder.forward(delivery, outcome, count, retry, delay_ms=delay_ms)
-        self.host.notify(ConsumerEvent("retried" if retried else "dead_lettered", self.queue,
-                                            message, count, outcome, message.get_message_id()))
+        if self.host.observed:
+            self.host.notify(ConsumerEvent("retried" if retried else "dead_lettered", self.queue,
+                                           message, count, outcome, message.get_message_id()))
 
     async def _forward_guarded(self, delivery: Delivery, message: Message, outcome: Outcome,
                                count: int, retry: bool, delay_ms: int | None = None) -> None:
