@@ -30,24 +30,32 @@ def cluster_session() -> Iterator[Cluster]:
         cluster.destroy()
 
 
+def _all_running(cluster: Cluster) -> Cluster:
+    for node in cluster.nodes:
+        if not node.running:
+            node.start()
+    return cluster
+
+
 @pytest.fixture
 def cluster(cluster_session: Cluster) -> Cluster:
     """The session's cluster with every node running (one a previous test killed restarts)."""
-    for node in cluster_session.nodes:
-        if not node.running:
-            node.start()
-    return cluster_session
+    return _all_running(cluster_session)
 
 
 @pytest.fixture
 def vhost(cluster: Cluster) -> Iterator[str]:
-    """A vhost of this test's own on the cluster, deleted at the end."""
+    """A vhost of this test's own on the cluster, deleted at the end.
+
+    A node the test killed is started again first: the next test needs it anyway, and
+    deleting quorum queues while one of their members is down waits on it (15 s and more).
+    """
     name = names.unique()
     node = cluster.alive()[0]
     node.ctl("add_vhost", name)
     node.ctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
     yield name
-    cluster.alive()[0].ctl("delete_vhost", name)
+    _all_running(cluster).seed.ctl("delete_vhost", name)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
