@@ -94,6 +94,10 @@ class BlockingPublisher(BlockingConnection):
             self._write(self._frames(message))
             self._tag += 1
             return self._await_confirm(self._tag, message)
+        except PublishNackedError:
+            # RabbitMQ 3.10 may go on refusing on this channel (docs/cluster.md): a new one.
+            self._drop()
+            raise
         except TimeoutError:
             # The frames may sit half-written and the confirm may still come: this
             # connection's state is unknown, so it goes; the next publish opens a new one.

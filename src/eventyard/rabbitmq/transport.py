@@ -17,7 +17,7 @@ from typing import Any
 
 from aiormq.abc import AbstractChannel, AbstractConnection
 
-from eventyard.errors import BrokerConnectionError
+from eventyard.errors import BrokerConnectionError, PublishNackedError
 from eventyard.headers import DEFAULT_FRAME_MAX
 from eventyard.ports import DeliveryCallback, OutgoingMessage
 from eventyard.rabbitmq.blocking import timeout_error
@@ -170,8 +170,16 @@ class RabbitMqTransport:
         deadline = asyncio.timeout(self.settings.publish_timeout)
         try:
             async with deadline:
-                return await publish_on(await self._publish_channel(), messages,
-                                        self.publish_window)
+                channel = await self._publish_channel()
+                return await publish_on(channel, messages, self.publish_window)
+        except PublishNackedError:
+            # RabbitMQ 3.10 may refuse every later publish on this channel to a quorum queue it
+            # first published to while the queue had no leader (docs/cluster.md): a new one.
+            if self._channel is channel:
+                self._channel = None
+                with contextlib.suppress(Exception):
+                    await channel.close()
+            raise
         except TimeoutError:
             if not deadline.expired():
                 raise
