@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import pytest
 
 from eventyard import CommandBus, DomainEventBus, MessageConfigurer, MessageConsumer, TopologyOptions
-from eventyard.buses import Backend
+from eventyard.buses import Broker
 from eventyard.consuming import ConsumerSettings
 from eventyard.memory import MemoryBroker, VirtualClock
 from eventyard.messages import Message
@@ -40,7 +40,7 @@ class BrokerUnderTest(Protocol):
     """What the suite needs from one broker."""
 
     name: str
-    backend: Backend
+    backend: Broker
 
     def queue_counts(self, queues: Sequence[str]) -> dict[str, int]:
         """Ready messages in each of ``queues`` (0 for a queue that does not exist)."""
@@ -62,7 +62,7 @@ class MemoryUnderTest:
 
     def __init__(self) -> None:
         self.broker = MemoryBroker(clock=VirtualClock(autojump=True), name="eventyard-contract")
-        self.backend: Backend = self.broker
+        self.backend: Broker = self.broker
 
     def queue_counts(self, queues: Sequence[str]) -> dict[str, int]:
         counts = self.broker.message_counts()

@@ -20,7 +20,7 @@ from typing import Any
 
 import aiormq
 
-from eventyard.buses import Backend
+from eventyard.buses import Broker
 from eventyard.engine import LoopThread
 from eventyard.ports import Consumption, Delivery, DeliveryCallback, OutgoingMessage, Transport
 from eventyard.rabbitmq import RabbitMqConnector
@@ -183,7 +183,7 @@ class RabbitUnderTest:
         self.rabbit = rabbit
         self.connector = RabbitMqConnector(rabbit.url)
         self.watched = Watched(self.connector)
-        self.backend: Backend = self.watched
+        self.backend: Broker = self.watched
         self._inspection: aiormq.abc.AbstractConnection | None = None
 
     def _run(self, coro: Any) -> Any:
