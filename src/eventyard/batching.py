@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from eventyard.forwarding import Forwarder
@@ -29,7 +29,7 @@ from eventyard.watchdog import Batch, Watched
 _BATCH_SECONDS = 0.02
 _BATCH_LIMIT = 512
 
-Decoder = Callable[[Delivery, int], Awaitable[Message | None]]
+Decoder = Callable[[Delivery], "Message | Exception"]  # an exception: why it is poison
 Fate = Callable[[Outcome, int], "bool | None"]
 
 
@@ -91,8 +91,9 @@ class SyncBatches:
                 if self.forwarder.suspects and delivery.redelivered and (
                         await settler.settle_suspect(delivery, count)):
                     continue
-                message = await self.decode(delivery, count)
-                if message is None:
+                message = self.decode(delivery)
+                if isinstance(message, Exception):
+                    await settler.poison(delivery, message, count)
                     continue
             except Exception as failure:
                 await settler.recover(delivery, failure)

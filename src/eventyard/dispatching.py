@@ -88,7 +88,7 @@ class QueueWorker:
                    and not any(is_async for _, is_async in self.handlers))
         self.batches = SyncBatches(
             host, subscription.handlers, subscription.handler_name, settler=self.settler,
-            forwarder=self.forwarder, decode=self._decode_or_poison, fate=self._fate,
+            forwarder=self.forwarder, decode=self.decoded, fate=self._fate,
             watched=self.watched) if batched else None
 
     async def on_delivery(self, delivery: Delivery) -> None:
@@ -132,53 +132,48 @@ class QueueWorker:
                 self.host.notify(ConsumerEvent("chaos_nack", self.queue, None, count,
                                                     message_id=delivery.message_id))
                 return
-            message = await self._decode_or_poison(delivery, count)
-            if message is None:
+            message = self.decoded(delivery)
+            if isinstance(message, Exception):
+                await self.settler.poison(delivery, message, count)
                 return
             if action is not None and action.delay_seconds:
                 await asyncio.sleep(action.delay_seconds)
             if action is not None and action.fail:
                 outcome = outcome_of_exception(SimulatedChaosFailure("chaos: simulated failure"))
             else:
-                outcome = await self._run_handlers(message, delivery, count)
+                token = HANDLING.set(message)  # what its handlers publish is caused by it
+                instruments = INSTRUMENTS.active
+                processing = (instruments.processing(delivery, message, count + 1)
+                              if instruments is not None else None)
+                entered = processing.enter() if processing is not None else None
+                try:
+                    outcome = await self._call_handlers(message)
+                finally:
+                    if processing is not None:
+                        processing.leave(entered)
+                    HANDLING.reset(token)
+                if processing is not None:
+                    processing.end(outcome, self._fate(outcome, count))
             await self.settler.settle(delivery, message, outcome, count)
         except Exception as error:
             await self.settler.recover(delivery, error)
 
-    async def _decode_or_poison(self, delivery: Delivery, count: int) -> Message | None:
-        """The delivery's message, or None once it has been dead-lettered as poison."""
+    def decoded(self, delivery: Delivery) -> Message | Exception:
+        """The delivery's message, or why it is poison (anything raised while decoding it)."""
         headers = delivery.headers
         if UNREADABLE_PROPERTIES in headers:
-            await self.settler.poison(delivery, unreadable(headers), count)
-            return None
+            return unreadable(headers)
         try:
             return codec.decode(delivery.body, expected=self.subscription.message_class,
                                 allow_unknown=self.subscription.is_store)
-        except Exception as error:  # anything raised while decoding is poison
-            await self.settler.poison(delivery, error, count)
-            return None
+        except Exception as error:
+            return error
 
     def _fate(self, outcome: Outcome, count: int) -> bool | None:
         """None if ``outcome`` is a success, else True if it will be retried."""
         if outcome.success:
             return None
         return self.policy.decide(outcome, count) is Decision.RETRY
-
-    async def _run_handlers(self, message: Message, delivery: Delivery, count: int) -> Outcome:
-        token = HANDLING.set(message)  # what its handlers publish is caused by it
-        instruments = INSTRUMENTS.active
-        processing = (instruments.processing(delivery, message, count + 1)
-                      if instruments is not None else None)
-        entered = processing.enter() if processing is not None else None
-        try:
-            outcome = await self._call_handlers(message)
-        finally:
-            if processing is not None:
-                processing.leave(entered)
-            HANDLING.reset(token)
-        if processing is not None:
-            processing.end(outcome, self._fate(outcome, count))
-        return outcome
 
     async def _call_handlers(self, message: Message) -> Outcome:
         """Run the handlers in order up to the first failure. With a timeout, each run is
