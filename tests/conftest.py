@@ -29,6 +29,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         parallel.group(items)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_report_to_serializable(config: pytest.Config, report: Any) -> Iterator[Any]:
+    """A report an xdist worker sends: its strings made encodable (see ``parallel.encodable``)."""
+    data = yield
+    return parallel.encodable(data) if parallel.is_worker(config) else data
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node: Any, error: Any) -> None:
     """An xdist worker ended: keep what it saw on the broker for the check at the end."""

@@ -51,6 +51,22 @@ def group(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: FIRST.isdisjoint(getattr(item, "fixturenames", ())))
 
 
+def encodable(value: Any) -> Any:
+    """``value`` (a report as xdist sends it) with every string UTF-8 encodable: hostile-input
+    tests log lone surrogates, which the channel to the controller refuses (the worker dies)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "backslashreplace").decode("utf-8")
+        return value
+    if isinstance(value, dict):
+        return {encodable(key): encodable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(encodable(item) for item in value)
+    return value
+
+
 def send(config: pytest.Config, before: Holdings, issued: frozenset[str]) -> None:
     """In a worker: hand what the broker held at its start, and its names, to the controller."""
     config.workeroutput[KEY] = {"before": to_wire(before), "issued": sorted(issued)}  # type: ignore[attr-defined]
