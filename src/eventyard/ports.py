@@ -12,8 +12,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from eventyard.declarations import Topology
 from eventyard.headers import DEFAULT_FRAME_MAX
-from eventyard.topology import Topology
 
 UNREADABLE_PROPERTIES = "eventyard_unreadable_properties"
 """A header a transport puts on a delivery whose properties (headers included) it could not

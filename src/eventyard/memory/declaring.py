@@ -7,10 +7,10 @@ a queue drops its messages; its consumers consume again once it is declared agai
 from __future__ import annotations
 
 from eventyard import naming
+from eventyard.declarations import Topology
 from eventyard.errors import ConfigurationError, TopologyMismatchError
 from eventyard.memory.routing import Exchange, Queue, argument_differences
 from eventyard.memory.state import BrokerState
-from eventyard.topology import Topology
 
 
 def declare(state: BrokerState, topology: Topology) -> None:

@@ -13,6 +13,7 @@ import logging
 import uuid
 from collections.abc import Sequence
 
+from eventyard.declarations import Topology
 from eventyard.errors import BrokerConnectionError, ConfigurationError
 from eventyard.headers import DEFAULT_FRAME_MAX
 from eventyard.memory import declaring, wire
@@ -20,7 +21,6 @@ from eventyard.memory.consumption import MemoryConsumption, MemoryDelivery, wake
 from eventyard.memory.routing import Stored
 from eventyard.memory.state import BrokerState
 from eventyard.ports import UNREADABLE_PROPERTIES, Consumption, DeliveryCallback, OutgoingMessage
-from eventyard.topology import Topology
 
 __all__ = ["MemoryConsumption", "MemoryDelivery", "MemoryTransport", "wake_on"]
 

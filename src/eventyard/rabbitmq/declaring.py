@@ -6,9 +6,9 @@ import aiormq.exceptions as amqp_errors
 from aiormq.abc import AbstractConnection
 
 from eventyard import naming
+from eventyard.declarations import Topology
 from eventyard.errors import ConfigurationError, TopologyMismatchError
 from eventyard.rabbitmq.inspection import reply_text
-from eventyard.topology import Topology
 
 
 def check_names(topology: Topology) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 from aiormq.abc import AbstractChannel, AbstractConnection
 
+from eventyard.declarations import Topology
 from eventyard.errors import BrokerConnectionError, PublishNackedError
 from eventyard.headers import DEFAULT_FRAME_MAX
 from eventyard.ports import DeliveryCallback, OutgoingMessage
@@ -28,7 +29,6 @@ from eventyard.rabbitmq.delivery import Settlements
 from eventyard.rabbitmq.framing import BrokerAlarm
 from eventyard.rabbitmq.publishing import publish_on
 from eventyard.rabbitmq.settings import ConnectionSettings
-from eventyard.topology import Topology
 
 logger = logging.getLogger(__name__)
 
