@@ -23,9 +23,19 @@ lint: $(STAMP)
 
 # The tests list what the broker holds through its management API (rabbitmqctl, far slower,
 # when it is off): enable the plugin on a local broker where we may (CI runs as root); the
-# tests fall back on rabbitmqctl where we may not. The second run repeats the RabbitMQ contract,
+# tests fall back on rabbitmqctl where we may not.
+#
+# The tests run in parallel (pytest-xdist, WORKERS processes: they mostly wait on brokers and
+# subprocesses, so more workers than cores pay). Beside them run mypy (a minute without its
+# cache) and the cluster tests (three throwaway RabbitMQ nodes that take 25 to 45 s to boot),
+# in a pytest of their own from the start; the others run under nice, so that the cluster's
+# nodes are not starved on a small machine. The second pytest repeats the RabbitMQ contract,
 # differential, fault and soak tests on aiormq's public API alone (the fast paths off).
-test: lint
+# The target fails when any of them fails; the output of the side jobs follows the tests'.
+WORKERS ?= 4
+PARALLEL = -n $(WORKERS) --dist worksteal
+
+test: $(STAMP)
 	@if command -v rabbitmq-plugins >/dev/null 2>&1 && ! $(BIN)/python -c \
 	  "import urllib.request as r; r.urlopen('http://localhost:15672/', timeout=2)" 2>/dev/null; then \
 	  rabbitmq-plugins -q enable rabbitmq_management >/dev/null 2>&1 || \
@@ -34,9 +44,21 @@ test: lint
 	@# The console's browser tests drive Debian's Chromium (installed once; fast when present).
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium) || \
 	  echo "note: could not install chromium; the console's browser tests will fail"
-	$(BIN)/pytest tests $(ARGS)
-	EVENTYARD_AMQP_FAST_PATHS=0 $(BIN)/pytest -m rabbitmq tests/contract tests/differential \
-	  tests/rabbitmq/test_faults.py tests/rabbitmq/test_chaos_soak.py $(ARGS)
+	@side=$$(mktemp -d); status=0; \
+	echo "$(BIN)/pytest tests/cluster $(ARGS) & (its output follows the tests')"; \
+	$(BIN)/pytest tests/cluster $(ARGS) >$$side/cluster 2>&1 & cluster=$$!; \
+	echo "nice $(BIN)/mypy src & (its output follows the tests')"; \
+	nice $(BIN)/mypy src >$$side/mypy 2>&1 & mypy=$$!; \
+	set -x; \
+	$(BIN)/ruff check src tests examples benchmarks || status=1; \
+	nice $(BIN)/pytest $(PARALLEL) tests --ignore=tests/cluster $(ARGS) || status=1; \
+	EVENTYARD_AMQP_FAST_PATHS=0 nice $(BIN)/pytest $(PARALLEL) -m rabbitmq tests/contract \
+	  tests/differential tests/rabbitmq/test_faults.py tests/rabbitmq/test_chaos_soak.py $(ARGS) \
+	  || status=1; \
+	{ set +x; } 2>/dev/null; \
+	wait $$cluster || status=1; echo "--- pytest tests/cluster"; cat $$side/cluster; \
+	wait $$mypy || status=1; echo "--- mypy src"; cat $$side/mypy; \
+	rm -rf $$side; exit $$status
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks $(ARGS)

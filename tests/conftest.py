@@ -24,9 +24,9 @@ parallel.forget_terminal_size()
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """In a parallel run, the tests of one expensive fixture share a worker, and go first."""
+    """In a parallel run, the tests of the TLS node go first, so one worker runs them all."""
     if parallel.is_worker(config):
-        parallel.group(items)
+        parallel.order(items)
 
 
 @pytest.hookimpl(wrapper=True)

@@ -1,9 +1,13 @@
-"""The suite run by pytest-xdist (``make test`` does): which tests share a worker, and the
-end-of-session leftover check made once, by the controller, after every worker has ended.
+"""The suite run by pytest-xdist (``make test`` does): the order that keeps an expensive
+fixture in one worker, and the end-of-session leftover check made once, by the controller,
+after every worker has ended.
 
-Tests that use an expensive module fixture (the TLS node) are put in one xdist group, so the
-fixture is made once, in one worker (``--dist loadgroup``); they and the tests that start a
-throwaway node go first, so that the slowest tests do not end the run alone.
+``make test`` uses ``--dist worksteal``: each worker is first given an equal run of the
+collected tests, in order, and an idle worker then takes the second half of what a busy one
+has not started. The tests of the TLS node (a module fixture that boots a RabbitMQ node) are
+put first, so they are the head of one worker's run and share one node. (``--dist loadgroup``
+with ``xdist_group`` markers would say so outright, but pytest-xdist 3.8 sets a node id
+attribute that pytest 9.2 no longer reads: the groups are ignored.)
 
 Each worker lists what the broker holds before its first test and sends that, with the names
 it made up, to the controller at its end; the controller then compares the broker with what
@@ -20,10 +24,8 @@ import pytest
 from support.broker import configured_url, inspector_for
 from support.leftovers import Holdings, common, from_wire, holdings, left_behind, to_wire, wait_for_clean
 
-# fixture -> the xdist group of every test that uses it
-GROUPS = {"tls_node": "tls-node"}
-# tests using these fixtures start first (a RabbitMQ node boots in 5 to 20 s)
-FIRST = frozenset({"tls_node", "throwaway_node"})
+# tests using these fixtures go first, so that one worker runs them all, one after the other
+FIRST = frozenset({"tls_node"})
 KEY = "eventyard_leftovers"
 
 
@@ -41,13 +43,8 @@ def forget_terminal_size() -> None:
             os.environ.pop(name, None)
 
 
-def group(items: list[pytest.Item]) -> None:
-    """Mark the tests of each fixture in ``GROUPS`` as one xdist group, and put the tests of
-    ``FIRST`` first (the slowest: started first, they end before the rest)."""
-    for item in items:
-        for fixture, name in GROUPS.items():
-            if fixture in getattr(item, "fixturenames", ()):
-                item.add_marker(pytest.mark.xdist_group(name))
+def order(items: list[pytest.Item]) -> None:
+    """Put the tests of the fixtures in ``FIRST`` first, in their order (see the module doc)."""
     items.sort(key=lambda item: FIRST.isdisjoint(getattr(item, "fixturenames", ())))
 
 
