@@ -123,6 +123,7 @@ class OutboxRelay:
                     woken = asyncio.ensure_future(self._wake.wait())
                 done, _ = await asyncio.wait([*running, woken], return_when=asyncio.FIRST_COMPLETED)
                 if woken in done:  # committed while batches are out: another one
+                    self._wake.clear()  # consumed (else a stop() would spin this loop)
                     more, woken = True, None
                 for task in running.keys() & done:
                     had_company = running.pop(task)
