@@ -21,6 +21,8 @@ CURATED = {
     "HandlerTimeout", "RetryPolicy", "Unrecoverable",
     # Dead-letter queues found through the management API (issue 15)
     "ManagementApiError",
+    # topology migrate refuses queues with consumers attached (issue 14)
+    "QueueInUseError",
 }
 
 
