@@ -11,7 +11,7 @@ import ssl
 
 import aiormq.exceptions as amqp_errors
 
-from eventyard.rabbitmq.connecting import HandshakeRefused, connection_error, explain
+from eventyard.rabbitmq.connection_problems import HandshakeRefused, connection_error, explain
 from eventyard.rabbitmq.settings import settings_from
 
 SETTINGS = settings_from("amqp://svc:Zq%2Fs3cr3tpart@mq.example:5672/prod", environ={})

@@ -21,7 +21,7 @@ from pamqp.header import ProtocolHeader
 from pamqp.heartbeat import Heartbeat
 
 from eventyard.errors import ConfigurationError
-from eventyard.rabbitmq.connecting import HandshakeRefused, connection_error, explain
+from eventyard.rabbitmq.connection_problems import HandshakeRefused, connection_error, explain
 from eventyard.rabbitmq.settings import ConnectionSettings
 
 _HEADER = struct.Struct(">BHI")
