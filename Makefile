@@ -29,8 +29,9 @@ lint: $(STAMP)
 # subprocesses, so more workers than cores pay). Beside them run mypy (a minute without its
 # cache) and the cluster tests (three throwaway RabbitMQ nodes that take 25 to 45 s to boot),
 # in a pytest of their own from the start; the others run under nice, so that the cluster's
-# nodes are not starved on a small machine. The second pytest repeats the RabbitMQ contract,
-# differential, fault and soak tests on aiormq's public API alone (the fast paths off).
+# nodes are not starved on a small machine. The RabbitMQ contract, differential, fault and soak
+# tests run twice in the same pytest: on the fast paths and on aiormq's public API alone
+# (EVENTYARD_AMQP_FAST_PATHS=0 for the test; see tests/conftest.py).
 # The target fails when any of them fails (a pytest that ARGS left with no test to run, exit
 # status 5, does not); the output of the side jobs follows the tests'.
 WORKERS ?= 4
@@ -54,9 +55,6 @@ test: $(STAMP)
 	set -x; \
 	$(BIN)/ruff check src tests examples benchmarks || status=1; \
 	nice $(BIN)/pytest $(PARALLEL) tests --ignore=tests/cluster $(ARGS); passed $$?; \
-	EVENTYARD_AMQP_FAST_PATHS=0 nice $(BIN)/pytest $(PARALLEL) -m rabbitmq tests/contract \
-	  tests/differential tests/rabbitmq/test_faults.py tests/rabbitmq/test_chaos_soak.py $(ARGS); \
-	passed $$?; \
 	{ set +x; } 2>/dev/null; \
 	wait $$cluster; passed $$?; echo "--- pytest tests/cluster"; cat $$side/cluster; \
 	wait $$mypy || status=1; echo "--- mypy src"; cat $$side/mypy; \

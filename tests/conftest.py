@@ -19,14 +19,46 @@ from support.leftovers import holdings, left_behind, wait_for_clean
 from support.rabbitnode import ThrowawayNode, rabbitmq_installed
 
 _LEFTOVERS = parallel.LeftoverCheck()  # used by the xdist controller only
+# Their RabbitMQ tests run twice: on the fast paths and on aiormq's public API alone (issue 11).
+BOTH_PATHS = ("tests/contract/", "tests/differential/", "tests/rabbitmq/test_faults.py",
+              "tests/rabbitmq/test_chaos_soak.py")
+FAST_PATHS_SWITCH = "EVENTYARD_AMQP_FAST_PATHS"
 parallel.forget_terminal_size()
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """The tests of ``BOTH_PATHS`` once on each AMQP path (``amqp_paths``)."""
+    if metafunc.definition.nodeid.startswith(BOTH_PATHS):
+        metafunc.parametrize("amqp_paths", ["fast", "public"], indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def amqp_paths(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """``public``: the test runs with the fast paths off (``EVENTYARD_AMQP_FAST_PATHS=0``, read
+    at each connection, and inherited by the processes the test starts)."""
+    paths = str(getattr(request, "param", "fast"))
+    if paths == "public":
+        monkeypatch.setenv(FAST_PATHS_SWITCH, "0")
+    return paths
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """In a parallel run, the tests of the TLS node go first, so one worker runs them all."""
+    """Only the RabbitMQ tests run on the public path too (the memory broker has no other);
+    in a parallel run, the tests of the TLS node go first, so one worker runs them all."""
+    public_only = [item for item in items if _paths_of(item) == "public"
+                   and item.get_closest_marker("rabbitmq") is None]
+    if public_only:
+        config.hook.pytest_deselected(items=public_only)
+        dropped = set(public_only)
+        items[:] = [item for item in items if item not in dropped]
     if parallel.is_worker(config):
         parallel.order(items)
+
+
+def _paths_of(item: pytest.Item) -> str | None:
+    callspec = getattr(item, "callspec", None)
+    return None if callspec is None else callspec.params.get("amqp_paths")
 
 
 @pytest.hookimpl(wrapper=True)
