@@ -42,7 +42,7 @@ from eventyard.failure_headers import (
     failure_headers,
     redelivery_count,
 )
-from eventyard.subscribers import Outcome
+from eventyard.outcomes import Outcome
 
 __all__ = [
     "DELAY_LEFT", "DELAY_LEVELS_MS", "DELAY_UNIT_MS", "FAILURE_ATTEMPTS", "FAILURE_DELAYS",

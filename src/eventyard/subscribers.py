@@ -12,7 +12,7 @@ import inspect
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from eventyard import naming
 from eventyard.errors import SubscriberError
@@ -21,9 +21,7 @@ from eventyard.outcomes import SUCCESS as SUCCESS  # re-exported: handler outcom
 from eventyard.outcomes import Outcome as Outcome
 from eventyard.outcomes import outcome_of as outcome_of
 from eventyard.outcomes import outcome_of_exception as outcome_of_exception
-
-if TYPE_CHECKING:
-    from eventyard.retry import RetryPolicy
+from eventyard.retry import RetryPolicy
 
 Handler = Callable[[Any], Any]
 
@@ -124,8 +122,6 @@ class _FunctionSubscriber(MessageSubscriber):
 
 def check_retry_policy(policy: Any, what: str) -> RetryPolicy | None:
     """``policy`` if it is a ``RetryPolicy`` or None; ``SubscriberError`` if not."""
-    from eventyard.retry import RetryPolicy  # retry reads this module's Outcome
-
     if policy is not None and not isinstance(policy, RetryPolicy):
         raise SubscriberError(f"{what} must be an eventyard.RetryPolicy or None, not {policy!r}")
     return policy
