@@ -76,16 +76,18 @@ async def open_connection(settings: ConnectionSettings, name: str,
     for (host, port), entry in zip(settings.endpoints, settings.hosts, strict=True):
         extra: dict[str, Any] = (
             {"context": context, "server_hostname": settings.server_name(host)} if context else {})
-        token = _OURS.set(True)
+        # The open runs as a task of its own in a context that marks it, so the caller's context
+        # is never changed (a set and reset around an await can meet another context there).
+        marked = contextvars.copy_context()
+        marked.run(_OURS.set, True)
+        opening = asyncio.get_running_loop().create_task(
+            aiormq.connect(settings.url(entry, name=name), transport_factory=streams, **extra),
+            context=marked)
         try:
-            return await asyncio.wait_for(
-                aiormq.connect(settings.url(entry, name=name), transport_factory=streams, **extra),
-                settings.connect_timeout)
+            return await asyncio.wait_for(opening, settings.connect_timeout)
         except Exception as error:
             cause: BaseException = error
             if isinstance(error, amqp_errors.InvalidFrameError) and "Connection.OpenOk" in str(error):
                 cause = await _diagnose_vhost(settings, host, port)
             problems.append(explain(cause, settings, host, port))
-        finally:
-            _OURS.reset(token)
     raise connection_error(settings, problems)
