@@ -1,5 +1,5 @@
-"""What every outbox store shares, with no database library: the relay's settings, publishing a
-batch, and the idempotent handler's session and message.
+"""What every outbox store shares, with no database library: the relay's settings and its task,
+publishing a batch, and the idempotent handler's session and message.
 
 Nothing here imports SQLAlchemy, so the SQLite store (stdlib ``sqlite3``) works without the
 ``outbox`` extra.
@@ -7,6 +7,8 @@ Nothing here imports SQLAlchemy, so the SQLite store (stdlib ``sqlite3``) works 
 
 from __future__ import annotations
 
+import abc
+import asyncio
 import contextvars
 import logging
 import math
@@ -59,6 +61,38 @@ class RelaySettings:
     def retry_after(self, failures: int) -> float:
         """The wait after ``failures`` failed batches in a row (doubling, capped)."""
         return float(min(self.retry_delay * 2 ** min(failures, 30), self.max_retry_delay))
+
+
+class RelayTask(abc.ABC):
+    """A relay's life as a task: ``wake()`` it, ``start()`` it beside a consumer, ``stop()`` it
+    after its current batch; ``run()`` is the relay's own loop."""
+
+    def __init__(self) -> None:
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @abc.abstractmethod
+    async def run(self) -> None:
+        """Relay until ``stop()``."""
+
+    def wake(self) -> None:
+        """Look for pending messages now."""
+        self._wake.set()
+
+    def start(self) -> asyncio.Task[None]:
+        """Run the relay as a task of the running loop."""
+        if self._task is None or self._task.done():
+            self._stop.clear()
+            self._task = asyncio.get_running_loop().create_task(self.run(), name="outbox-relay")
+        return self._task
+
+    async def stop(self) -> None:
+        """Stop the relay after its current batch."""
+        self._stop.set()
+        self._wake.set()
+        if self._task is not None:
+            await self._task
 
 
 @dataclass(frozen=True, slots=True)

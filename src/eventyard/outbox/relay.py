@@ -19,7 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from eventyard.errors import ConfigurationError
-from eventyard.outbox.base import RelaySettings, Stored, send_batch
+from eventyard.outbox.base import RelaySettings, RelayTask, Stored, send_batch
 from eventyard.outbox.inbox import purge_inbox
 from eventyard.ports import OutgoingMessage, TransportSource
 
@@ -52,7 +52,7 @@ _DELETE_SENT = text(
 )
 
 
-class OutboxRelay:
+class OutboxRelay(RelayTask):
     """Publishes what ``Outbox`` stored, after commit, with the broker's confirms.
 
     ``transports`` gives the transport to publish with (``connector.publisher_transport`` of a
@@ -67,12 +67,10 @@ class OutboxRelay:
             raise ConfigurationError("OutboxRelay needs a SQLAlchemy AsyncEngine "
                                      "(create_async_engine('postgresql+asyncpg://...'))")
         self.engine = engine
+        super().__init__()
         self.transports = transports
         self.settings = settings or RelaySettings()
         self.published = 0  # messages this relay published (copies after a crash included)
-        self._wake = asyncio.Event()
-        self._stop = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self._held = False  # the last batch left rows to a relay holding earlier ones
         self._listening = False
         self._failures = 0  # in a row: the next retry's delay doubles with each
@@ -153,24 +151,6 @@ class OutboxRelay:
             deleted += count
             if count < 10_000:
                 return deleted
-
-    def wake(self) -> None:
-        """Look for pending messages now (as a NOTIFY does)."""
-        self._wake.set()
-
-    def start(self) -> asyncio.Task[None]:
-        """Run the relay as a task of the running loop."""
-        if self._task is None or self._task.done():
-            self._stop.clear()
-            self._task = asyncio.get_running_loop().create_task(self.run(), name="outbox-relay")
-        return self._task
-
-    async def stop(self) -> None:
-        """Stop the relay after its current batch."""
-        self._stop.set()
-        self._wake.set()
-        if self._task is not None:
-            await self._task
 
     async def run(self) -> None:
         """Relay until ``stop()``: after each NOTIFY, each poll interval, and at start."""

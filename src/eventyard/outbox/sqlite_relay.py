@@ -16,14 +16,14 @@ import time
 from typing import Any
 
 from eventyard.errors import ConfigurationError
-from eventyard.outbox.base import RelaySettings, Stored, send_batch
+from eventyard.outbox.base import RelaySettings, RelayTask, Stored, send_batch
 from eventyard.outbox.sqlite import PENDING, SqliteOutboxStore, outgoing_of
 from eventyard.ports import TransportSource
 
 logger = logging.getLogger("eventyard.outbox.relay")
 
 
-class SqliteOutboxRelay:
+class SqliteOutboxRelay(RelayTask):
     """Publishes what ``Outbox`` stored in a ``SqliteOutboxStore``, after commit, with confirms.
 
     The same methods as ``OutboxRelay``: ``relay_once()``, ``start()``/``stop()``, ``run()``,
@@ -35,14 +35,12 @@ class SqliteOutboxRelay:
         if not isinstance(store, SqliteOutboxStore):
             raise ConfigurationError("SqliteOutboxRelay needs a SqliteOutboxStore")
         self.store = store
+        super().__init__()
         self.transports = transports
         self.settings = settings or RelaySettings()
         self.published = 0
         self.failures = 0
         self._failures = 0
-        self._wake = asyncio.Event()
-        self._stop = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self._held = False
 
     async def relay_once(self) -> int:
@@ -75,24 +73,6 @@ class SqliteOutboxRelay:
     async def cleanup(self) -> int:
         """Delete sent rows older than the retention period; return how many went."""
         return await asyncio.to_thread(self.store.delete_sent, self.settings.retention)
-
-    def wake(self) -> None:
-        """Look for pending messages now."""
-        self._wake.set()
-
-    def start(self) -> asyncio.Task[None]:
-        """Run the relay as a task of the running loop."""
-        if self._task is None or self._task.done():
-            self._stop.clear()
-            self._task = asyncio.get_running_loop().create_task(self.run(), name="outbox-relay")
-        return self._task
-
-    async def stop(self) -> None:
-        """Stop the relay after its current batch."""
-        self._stop.set()
-        self._wake.set()
-        if self._task is not None:
-            await self._task
 
     async def run(self) -> None:
         """Relay until ``stop()``: after each commit of ``store.transaction()``, each poll
