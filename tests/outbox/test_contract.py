@@ -104,7 +104,7 @@ async def test_a_commit_wakes_the_relay_long_before_its_poll(store: Any,
                 OUTBOX.publish(session, OrderPlaced(order=order))
             await eventually(lambda o=order: broker.message_count("store") == o, 5, f"event {order}")
     finally:
-        await relay.stop()
+        await asyncio.wait_for(relay.stop(), 10)  # a stop never waits for the 60 s poll
     assert stored_orders(broker) == [(0, 1), (0, 2)]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import contextvars
 import logging
 import math
@@ -93,6 +94,14 @@ class RelayTask(abc.ABC):
         self._wake.set()
         if self._task is not None:
             await self._task
+
+    async def _sleep(self, seconds: float) -> None:
+        """Wait ``seconds``, or less when woken; not at all once stopping (a batch may have
+        taken the wake a ``stop()`` gave)."""
+        if self._stop.is_set():
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
 
 
 @dataclass(frozen=True, slots=True)

@@ -215,10 +215,6 @@ class OutboxRelay(RelayTask):
             await self._sleep(min(0.05, self.settings.poll_interval) if self._held
                               else self.settings.poll_interval)
 
-    async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), seconds)
-
 
 def _outgoing(row: Any) -> OutgoingMessage:
     return OutgoingMessage(

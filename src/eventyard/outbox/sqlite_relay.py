@@ -115,7 +115,3 @@ class SqliteOutboxRelay(RelayTask):
             expired = await asyncio.to_thread(self.store.purge_inbox, self.settings.inbox_window)
             if expired:
                 logger.info("outbox relay: deleted %d expired inbox rows", expired)
-
-    async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), seconds)
