@@ -64,7 +64,8 @@ def _act(do: str) -> Any:
     }
     if do in raising:
         raise raising[do]
-    return {"ok": None, "string": "error: could not send mail", "zero": 0, "one": 1,
+    return {"ok": None, "failure": Failure(Error()), "string": "error: could not send mail",
+            "zero": 0, "one": 1,
             "nested": Success(Failure(Error())), "success_success": Success(Success(True))}[do]
 
 
@@ -93,6 +94,7 @@ def _handler(ids: Ids, kind: str) -> Callable[[Any], Any]:
 
 # what the handler does -> the failure type of its dead letter (None: handled)
 FAULTS: dict[str, str | None] = {
+    "raise": "RuntimeError", "failure": "Error",  # a meiga Failure fails as an exception does
     "keyboard_interrupt": "KeyboardInterrupt", "system_exit": "SystemExit",
     "generator_exit": "GeneratorExit", "base_exception": "Custom", "cancelled": "CancelledError",
     "string": "InvalidHandlerResult", "zero": "InvalidHandlerResult", "one": "InvalidHandlerResult",

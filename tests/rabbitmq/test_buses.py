@@ -15,7 +15,6 @@ from eventyard import (
     DomainEvent,
     MessageSubscriber,
     TopologyOptions,
-    UnroutableError,
     Uuid,
 )
 from eventyard.consuming import ConsumerSettings
@@ -58,14 +57,6 @@ def test_publishing_from_many_threads_at_once(app: RabbitApp) -> None:
         list(pool.map(lambda _: bus.publish(UserCreated(user_id=Uuid.v4())), range(200)))
 
     assert app.broker.inspector.count(app.store_queue) == 200
-
-
-def test_a_command_no_queue_receives_raises(app: RabbitApp) -> None:
-    options = TopologyOptions(store=False)
-    RabbitMqMessageConfigurer(app.connector, app.org, app.service, options=options).configure()
-
-    with pytest.raises(UnroutableError, match=r"send\.welcome"):
-        RabbitMqCommandBus(app.connector, app.org, app.service).dispatch(SendWelcome(user_id=Uuid.v4()))
 
 
 def test_an_unroutable_event_is_only_logged(app: RabbitApp, caplog: pytest.LogCaptureFixture) -> None:

@@ -9,7 +9,6 @@ from collections import Counter
 
 import aiormq
 import pytest
-from meiga import Error, Failure, isFailure
 
 from eventyard import DomainEvent, InfoId, MessageSubscriber, Uuid
 from eventyard.consuming import ConsumerEvent, ConsumerSettings
@@ -55,49 +54,6 @@ def start(app: RabbitApp, subscribers: list[MessageSubscriber], max_retries: int
 
 def queue_of(app: RabbitApp, handler: str) -> str:
     return f"{app.org}.{app.service}.1.event.user_created.{handler}"
-
-
-@pytest.mark.parametrize("max_retries", [0, 2])
-def test_failing_subscriber_is_retried_alone_then_dead_lettered_with_failure_headers(
-    app: RabbitApp, max_retries: int
-) -> None:
-    runs = Runs()
-
-    def send_mail_handler(event: UserCreated) -> Failure[Error]:
-        runs.add("send_mail_handler")
-        return isFailure
-
-    def audit_handler(event: UserCreated) -> None:
-        runs.add("audit_handler")
-
-    def store_handler(message: DomainEvent) -> None:
-        runs.add("store")
-
-    subscribers = [MessageSubscriber.from_message(UserCreated, [send_mail_handler, audit_handler]),
-                   MessageSubscriber.all_messages([store_handler])]
-    consumer = start(app, subscribers, max_retries)
-    event = UserCreated(user_id=Uuid.v4())
-    try:
-        RabbitMqDomainEventBus(app.connector, app.org, app.service).publish(event)
-        dead_queue = f"dead_letter.{queue_of(app, 'send_mail_handler')}"
-        wait_until(lambda: app.broker.inspector.count(dead_queue) == 1, what="a dead letter")
-    finally:
-        consumer.stop()
-
-    assert runs.counts == {"send_mail_handler": max_retries + 1, "audit_handler": 1, "store": 1}
-    [(body, headers, routing_key)] = app.broker.inspector.take(dead_queue)
-    assert json.loads(body)["data"]["id"] == event.get_message_id()
-    assert routing_key == f"dead_letter.{queue_of(app, 'send_mail_handler')}"
-    assert headers["redelivery_count"] == max_retries
-    assert headers["failure_attempts"] == max_retries + 1
-    assert headers["failure_type"] == "Error"
-    assert headers["failure_queue"] == queue_of(app, "send_mail_handler")
-    assert headers["failure_routing_key"] == f"{app.org}.{app.service}.1.event.user_created"
-    assert headers["failure_first_at"] <= headers["failure_last_at"]
-    assert headers["failure_host"]
-    for handler in ("send_mail_handler", "audit_handler"):
-        assert app.broker.inspector.count(queue_of(app, handler)) == 0
-        assert app.broker.inspector.count(f"retry.{queue_of(app, handler)}") == 0
 
 
 def test_a_failed_message_waits_in_its_retry_queue_for_the_ttl(app: RabbitApp) -> None:
