@@ -143,7 +143,7 @@ class MemoryBroker:
     def dead_letter_box(self) -> AbstractAsyncContextManager[DeadLetterBox]:
         """The dead-letter operations (``eventyard.dead_letter_box``) on this broker, for the
         length of an ``async with`` block."""
-        return open_dead_letter_box(self._state, self._name)
+        return open_dead_letter_box(self._state, self._name, self.frame_max)
 
     def purge(self, queue: str) -> int:
         """Drop the ready messages of ``queue``; return how many."""

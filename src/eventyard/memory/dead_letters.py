@@ -34,6 +34,8 @@ from eventyard.headers import DEFAULT_FRAME_MAX, encodable
 from eventyard.memory import wire
 from eventyard.memory.routing import Stored
 from eventyard.memory.state import BrokerState
+from eventyard.memory.transport import as_sent
+from eventyard.ports import OutgoingMessage
 from eventyard.topology import Route
 
 
@@ -153,26 +155,25 @@ class MemoryDeadLetterBox:
         return report
 
     def _copy(self, stored: Stored, letter: DeadLetter, route: Route) -> tuple[Stored, str | None]:
-        """The requeued copy of ``stored``, or why it cannot be sent."""
-        message_id = stored.message_id or letter.fingerprint
-        wanted = requeued_headers(letter)
+        """The requeued copy of ``stored`` as the broker would receive it, or why it cannot be
+        sent."""
+        outgoing = OutgoingMessage(route.retry_exchange, route.retry_key, stored.body,
+                                   headers=requeued_headers(letter),
+                                   message_id=stored.message_id or letter.fingerprint,
+                                   type=stored.type, timestamp=stored.timestamp,
+                                   content_type=stored.content_type,
+                                   correlation_id=stored.correlation_id)
         try:
-            table, headers = wire.as_delivered(wanted)
+            copy, size = as_sent(outgoing)
         except Exception:  # a header the client cannot write back goes as text, as on RabbitMQ
             try:
-                table, headers = wire.as_delivered(encodable(wanted))
+                copy, size = as_sent(replace(outgoing, headers=encodable(outgoing.headers)))
             except Exception as error:
                 return stored, f"its properties cannot be encoded again ({error})"
-        size = wire.content_header_size(table, content_type=stored.content_type,
-                                        message_id=message_id, type=stored.type,
-                                        timestamp=stored.timestamp,
-                                        correlation_id=stored.correlation_id)
-        if size > self.frame_max - wire.FRAME_OVERHEAD:
+        if 0 < self.frame_max < size + wire.FRAME_OVERHEAD:
             return stored, (f"its headers make a {size:,}-byte header frame, over the frame_max "
                             f"of {self.frame_max:,} bytes: left in place")
-        return replace(stored, exchange=route.retry_exchange, routing_key=route.retry_key,
-                       headers=headers, message_id=message_id, redelivered=False,
-                       expires_at=None, delivery_count=0), None
+        return copy, None
 
     def _move(self, queue: str, stored: Stored, copy: Stored, route: Route) -> str | None:
         """Publish ``copy`` and remove ``stored`` from ``queue``; None, or why it failed."""
@@ -212,6 +213,7 @@ def _letter(queue: str, stored: Stored) -> DeadLetter:
 
 
 @asynccontextmanager
-async def open_dead_letter_box(state: BrokerState, name: str) -> AsyncIterator[MemoryDeadLetterBox]:
+async def open_dead_letter_box(state: BrokerState, name: str,
+                               frame_max: int) -> AsyncIterator[MemoryDeadLetterBox]:
     """A ``MemoryDeadLetterBox`` for the length of the block."""
-    yield MemoryDeadLetterBox(state, name)
+    yield MemoryDeadLetterBox(state, name, frame_max)

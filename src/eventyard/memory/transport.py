@@ -61,7 +61,7 @@ class MemoryTransport:
         the messages before it published, as on RabbitMQ.
         """
         self._check_open()
-        sent = [self._as_sent(message) for message in messages]
+        sent = [as_sent(message) for message in messages]
         limit = self.frame_max - wire.FRAME_OVERHEAD if self.frame_max > 0 else None
         for index, (stored, size) in enumerate(sent):
             if limit is not None and size > limit:
@@ -73,19 +73,6 @@ class MemoryTransport:
                     f"has a {size}-byte content header, over the frame limit ({self.frame_max}); "
                     "it was not stored")
         return self._state.publish([stored for stored, _ in sent])
-
-    @staticmethod
-    def _as_sent(message: OutgoingMessage) -> tuple[Stored, int]:
-        """``message`` as the broker receives it from the AMQP client, and its header's size."""
-        table, headers = wire.as_delivered(message.headers)
-        message_id = message.message_id or uuid.uuid4().hex  # the client always sets one
-        size = wire.content_header_size(table, content_type=message.content_type,
-                                        message_id=message_id, type=message.type,
-                                        timestamp=message.timestamp,
-                                        correlation_id=message.correlation_id)
-        return Stored(message.exchange, message.routing_key, message.body, headers, message_id,
-                      message.type, message.timestamp, message.content_type,
-                      message.correlation_id), size
 
     async def publish_foreign(self, exchange: str, routing_key: str, body: bytes, *,
                               headers_table: bytes, message_id: str | None = None,
@@ -140,3 +127,18 @@ class MemoryTransport:
             if not consumption.cancelled:
                 self._state.release(consumption, seen_too=True)
         logger.info("%s: connection dropped and resumed", self.name)
+
+
+def as_sent(message: OutgoingMessage) -> tuple[Stored, int]:
+    """``message`` as the broker receives it from the AMQP client, and its content header's size
+    (headers encoded and read back as the client does: ``TypeError`` or ``UnicodeEncodeError``
+    for what it cannot write)."""
+    table, headers = wire.as_delivered(message.headers)
+    message_id = message.message_id or uuid.uuid4().hex  # the client always sets one
+    size = wire.content_header_size(table, content_type=message.content_type,
+                                    message_id=message_id, type=message.type,
+                                    timestamp=message.timestamp,
+                                    correlation_id=message.correlation_id)
+    return Stored(message.exchange, message.routing_key, message.body, headers, message_id,
+                  message.type, message.timestamp, message.content_type,
+                  message.correlation_id), size
