@@ -123,7 +123,7 @@ def show(organization: Organization, service: Service, app_spec: AppOption = Non
         nonlocal complete
         letters: list[DeadLetter] = []
         async with open_dead_letter_box(target.settings) as box:
-            present = await present_queues(box, target)
+            present = list(await present_queues(box, target))
             for name in present:
                 found = await box.peek(name, limit=limit, select=select, seen=seen)
                 complete = complete and len(found) < limit
@@ -165,8 +165,9 @@ def requeue(organization: Organization, service: Service, app_spec: AppOption = 
 
     async def move() -> Report:
         async with open_dead_letter_box(target.settings) as box:
-            present[:] = await present_queues(box, target)
-            total = sum([await box.count(q) or 0 for q in present])
+            counts = await present_queues(box, target)
+            present[:] = counts
+            total = sum(counts.values())
             with progress_bar() as progress:
                 task = progress.add_task("checking" if dry_run else "requeueing", total=total)
 
@@ -202,8 +203,8 @@ def discard(organization: Organization, service: Service, app_spec: AppOption = 
 
     async def count() -> tuple[list[str], int]:
         async with open_dead_letter_box(target.settings) as box:
-            present = await present_queues(box, target)
-            return present, sum([await box.count(q) or 0 for q in present])
+            counts = await present_queues(box, target)
+            return list(counts), sum(counts.values())
 
     present, total = run(count())
     if not yes:

@@ -69,12 +69,14 @@ def discovered(org: str, svc: str, store_queue: str, connection: ConnectionSetti
     return Target(org, svc, mine, False, store_queue, connection)
 
 
-async def present_queues(box: DeadLetterBox, target: Target) -> list[str]:
-    """The target's queues that exist; a missing named queue is an error, a derived one a note."""
-    present = []
+async def present_queues(box: DeadLetterBox, target: Target) -> dict[str, int]:
+    """The target's queues that exist, with the messages each holds; a missing named queue is
+    an error, a derived one a note."""
+    present = {}
     for queue in target.queues:
-        if await box.count(queue) is not None:
-            present.append(queue)
+        count = await box.count(queue)
+        if count is not None:
+            present[queue] = count
         elif target.explicit:
             raise QueueNotFoundError(f"queue {queue!r} does not exist on {target.settings.describe()}")
         else:
