@@ -139,7 +139,7 @@ def _publish_until_confirmed(bus: RabbitMqDomainEventBus, events: list[OrderPlac
 
 @pytest.mark.fault
 def test_a_broker_restart_loses_no_confirmed_message_and_consumers_resume(
-    throwaway_node: ThrowawayNode,
+    throwaway_node: ThrowawayNode, caplog: pytest.LogCaptureFixture,
 ) -> None:
     connector = RabbitMqConnector(throwaway_node.url)
     try:
@@ -148,6 +148,8 @@ def test_a_broker_restart_loses_no_confirmed_message_and_consumers_resume(
         connector.close()
     assert len(published) == 400
     assert set(published) <= set(seen.ids)  # lost: 0 (duplicates are allowed: at-least-once)
+    resumed = [r.getMessage() for r in caplog.records if "resumed 1 consumption" in r.getMessage()]
+    assert len(resumed) >= 2, resumed  # the consumer's connection came back after each restart
 
 
 def test_a_cut_connection_loses_no_confirmed_message_and_consumers_resume(app: RabbitApp) -> None:

@@ -1,7 +1,8 @@
 """A throwaway RabbitMQ node for tests that stop, restart or cut off a broker.
 
 It has its own node name, ports, data and log directories in a temp folder and never touches
-the shared broker. Start takes 5 to 10 s; a stop, about 1 s.
+the shared broker. Start takes 5 to 10 s; a stop, about 1 s; a restart of the broker in its
+running VM, about 1 s.
 """
 
 from __future__ import annotations
@@ -122,10 +123,17 @@ class ThrowawayNode:
             self.process.wait(10)
         self.process = None
 
-    def restart(self) -> None:
-        """Stop, then start again on the same ports and data."""
-        self.stop()
-        self.start()
+    def restart(self, timeout: float = 60.0) -> None:
+        """Restart the broker inside its running Erlang VM, as ``rabbitmqctl stop_app`` then
+        ``start_app`` do: the broker closes every connection and its listener, then recovers
+        durable queues and persistent messages from disk. About 1 s, where stopping and starting
+        the process takes 7 (most of it the VM's boot, which is no part of what clients see)."""
+        self.ctl("eval", "ok = rabbit:stop(), ok = rabbit:start().")
+        deadline = time.monotonic() + timeout
+        while not port_open(self.port):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"throwaway RabbitMQ node did not listen again within {timeout} s")
+            time.sleep(0.05)  # polling a port with a deadline
 
     def ctl(self, *args: str) -> str:
         """Run rabbitmqctl against this node; return its output."""
