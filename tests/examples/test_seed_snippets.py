@@ -149,14 +149,15 @@ def test_the_consume_snippet_consumes_until_a_signal_then_exits_0(
 
         assert published.returncode == 0, published.stderr
         wait_until(lambda: vhost.queue_state(observer) == (1, 0), what="the event routed")
-        wait_until(lambda: vhost.messages(MAIL_QUEUE) == {
-            "name": MAIL_QUEUE, "messages_ready": 0, "messages_unacknowledged": 0, "consumers": 1},
-            timeout=20, what="the consumer to take and ack the event")
+        wait_until(lambda: vhost.queue_state(MAIL_QUEUE) == (0, 1), timeout=20,
+                   what="the consumer to take the event")
         consumer.process.send_signal(stop_with)
         assert consumer.finish(15) == 0, consumer.output()
     finally:
         consumer.kill()
-    # Acked, not retried or parked; and with no consumer left the next event stays queued.
+    # Acked (a delivery left unacked goes back to its queue when the consumer's channel closes),
+    # not retried or parked; and with no consumer left the next event stays queued.
+    assert vhost.queue_state(MAIL_QUEUE) == (0, 0)
     assert vhost.queue_state(f"retry.{MAIL_QUEUE}") == (0, 0)
     assert vhost.queue_state(f"dead_letter.{MAIL_QUEUE}") == (0, 0)
     assert run_script(publish, vhost.env()).returncode == 0

@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
-import subprocess
 import uuid
 from collections.abc import Iterator
-from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import aiormq
@@ -41,15 +38,8 @@ class PrivateVhost:
         parts = urlsplit(broker.url)
         self.user = unquote(parts.username or "guest")
         self.url = urlunsplit(parts._replace(path="/" + quote(self.name, safe="")))
-        self._ctl_env = broker.inspector.ctl_env
-        self._nodename = broker.inspector.nodename
         self._admin = Admin(broker.inspector)
         self.inspector = broker.inspector.at(self.url)
-
-    def _ctl(self, *args: str) -> str:
-        command = ["rabbitmqctl", "-q", *(["-n", self._nodename] if self._nodename else []), *args]
-        return subprocess.run(command, env=self._ctl_env, check=True, capture_output=True,
-                              text=True, timeout=60).stdout
 
     def create(self) -> PrivateVhost:
         self._admin.add_vhost(self.name)
@@ -93,12 +83,6 @@ class PrivateVhost:
             await channel.queue_bind(name, exchange, routing_key=routing_key)
         finally:
             await connection.close()
-
-    def messages(self, queue: str) -> dict[str, Any]:
-        """Ready and unacknowledged messages and consumers of ``queue``, as the broker counts them."""
-        rows = json.loads(self._ctl("list_queues", "-p", self.name, "name", "messages_ready",
-                                    "messages_unacknowledged", "consumers", "--formatter", "json"))
-        return dict(next(r for r in rows if r["name"] == queue))
 
 
 @contextlib.contextmanager
