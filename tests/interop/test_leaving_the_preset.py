@@ -9,7 +9,6 @@ with ``eventyard-rabbitmq --requeue``. A publisher runs all along; nothing may b
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import threading
 from collections.abc import Sequence
 
@@ -28,7 +27,6 @@ from eventyard import (
 from eventyard.rabbitmq import RabbitMqDomainEventBus
 from interop.conftest import Interop
 from interop.sides import Events, Runs, yard_handler
-from support.broker import Inspector
 from support.waiting import wait_until
 
 pytestmark = pytest.mark.rabbitmq
@@ -60,11 +58,14 @@ async def bind(url: str, queue: str, bindings: Sequence[tuple[str, str]], unbind
         await connection.close()
 
 
-def ctl(inspector: Inspector, *args: str) -> None:
-    """rabbitmqctl on the test broker's node, on ``/``."""
-    node = ["-n", inspector.nodename] if inspector.nodename else []
-    subprocess.run(["rabbitmqctl", "-q", *node, *args, "-p", "/"], env=inspector.ctl_env,
-                   check=True, capture_output=True, text=True, timeout=60)
+async def delete_if_empty(url: str, queue: str) -> None:
+    """Delete ``queue`` only if it holds no message (``rabbitmqctl delete_queue --if-empty``)."""
+    connection = await aiormq.connect(url)
+    try:
+        channel = await connection.channel()
+        await channel.queue_delete(queue, if_empty=True)
+    finally:
+        await connection.close()
 
 
 class Publisher(threading.Thread):
@@ -117,7 +118,7 @@ def test_leaving_the_preset_loses_nothing(interop: Interop) -> None:
                15, "the main-queue TTL to empty the queues")
     # 4. Delete them (only if empty).
     for queue in (ledger, store):
-        ctl(interop.inspector, "delete_queue", "--if-empty", queue)
+        asyncio.run(delete_if_empty(interop.url, queue))
     # 5. The default layout's configurer declares them anew (and binds them).
     default = interop.yard(TopologyOptions(retry_ttl_ms=200, store_queue=store))
     windows.append(len(publisher.ids))
