@@ -270,7 +270,7 @@ Snapshot = tuple[dict[str, dict[str, Any]], set[tuple[str, str, str]], dict[str,
 
 def snapshot(inspector: Inspector, names: str) -> Snapshot:
     """Queues (with arguments), bindings and exchanges whose names contain ``names``, as the
-    broker holds them (rabbitmqctl, three calls at once)."""
+    broker holds them (the inspector's three listings, at once)."""
     with ThreadPoolExecutor(3) as pool:
         queues = pool.submit(inspector.queues, names)
         bindings = pool.submit(inspector.bindings, names)

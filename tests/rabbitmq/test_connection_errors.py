@@ -8,7 +8,6 @@ the password and no ERROR line of aiormq's own. The users and vhosts made here a
 from __future__ import annotations
 
 import logging
-import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -39,14 +38,6 @@ HOSTILE_PASSWORD = "Zq/s3cr3t#part?x@y:z%2F&=+ ,[]"
 
 class UserCreated(DomainEvent):
     user_id: Uuid
-
-
-def _ctl(rabbit: RabbitBroker, *args: str) -> None:
-    command = ["rabbitmqctl", "-q"]
-    if rabbit.inspector.nodename:
-        command += ["-n", rabbit.inspector.nodename]
-    subprocess.run([*command, *args], env=rabbit.inspector.ctl_env, check=True,
-                   capture_output=True, text=True, timeout=60)
 
 
 @dataclass
@@ -209,8 +200,7 @@ def test_a_connection_the_broker_closes_is_reported_once_with_its_reason(
         bus = RabbitMqDomainEventBus(connector, org, "registration")
         transport = connector.loop_thread.run(connector.publisher_transport())
 
-        _ctl(rabbit, "close_connection", _connection_pid(rabbit, f"{name}-publisher"),
-             "closed by an eventyard test")
+        Admin(rabbit.inspector).close_connection(f"{name}-publisher", "closed by an eventyard test")
         wait_until(lambda: transport.reconnections == 1, 15, "the publisher to reconnect")
         bus.publish([UserCreated(user_id=Uuid.v4()) for _ in range(2)])  # the event loop's path
     finally:
@@ -219,18 +209,3 @@ def test_a_connection_the_broker_closes_is_reported_once_with_its_reason(
     warnings = [r.getMessage() for r in caplog.records if r.name.startswith("eventyard")]
     assert any("lost (CONNECTION_FORCED - closed by an eventyard test" in w for w in warnings)
     assert _aiormq_errors(caplog) == []  # aiormq's own line for the same close is not repeated
-
-
-def _connection_pid(rabbit: RabbitBroker, connection_name: str) -> str:
-    """The broker's pid of the connection named ``connection_name`` (rabbitmqctl's table)."""
-    command = ["rabbitmqctl", "-q"]
-    if rabbit.inspector.nodename:
-        command += ["-n", rabbit.inspector.nodename]
-    result = subprocess.run([*command, "list_connections", "--no-table-headers", "pid",
-                             "client_properties"], env=rabbit.inspector.ctl_env, check=True,
-                            capture_output=True, text=True, timeout=60)
-    for line in result.stdout.splitlines():
-        pid, _, properties = line.partition("\t")
-        if f'{{"connection_name","{connection_name}"}}' in properties:
-            return pid
-    raise AssertionError(f"no connection named {connection_name!r} on the broker")

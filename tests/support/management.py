@@ -80,6 +80,18 @@ class Management:
         """The names of the broker's users."""
         return {row["name"] for row in self._call("GET", "users?columns=name")}
 
+    def connections(self) -> list[dict[str, Any]]:
+        """Every client connection: its name and client properties (``connection_name``...)."""
+        return list(self._call("GET", "connections?columns=name,client_properties"))
+
+    def close_connection(self, name: str, reason: str) -> None:
+        """Make the broker close the connection ``name`` (as listed) with ``reason``."""
+        request = urllib.request.Request(
+            f"{self.base_url}/api/connections/{_segment(name)}", method="DELETE",
+            headers={"Authorization": self._authorization, "X-Reason": reason})
+        with urllib.request.urlopen(request, timeout=30.0):
+            pass
+
     def add_vhost(self, name: str) -> None:
         """Create the vhost ``name``."""
         self._call("PUT", f"vhosts/{_segment(name)}", {})
