@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import threading
 import time
 from collections import Counter
@@ -89,15 +88,27 @@ def vhost(rabbit: RabbitBroker) -> Iterator[PrivateVhost]:
 
 
 def listed(vhost: PrivateVhost) -> dict[str, dict[str, Any]]:
-    """Each queue of the vhost: type, arguments, ready messages and consumers (rabbitmqctl)."""
-    rows = json.loads(subprocess.run(
-        ["rabbitmqctl", "-q", "list_queues", "-p", vhost.name, "--formatter", "json", "name",
-         "type", "arguments", "messages_ready", "consumers"],
-        check=True, capture_output=True, text=True, timeout=60).stdout)
-    for row in rows:
-        if isinstance(row["arguments"], list):
-            row["arguments"] = {item[0]: item[-1] for item in row["arguments"]}
-    return {row["name"]: row for row in rows}
+    """Each queue of the vhost: type and arguments (the inspector), ready messages and consumers
+    (passive declares: the broker's own counts at this moment)."""
+    types, arguments = vhost.inspector.queue_types(), vhost.inspector.queues()
+    states = asyncio.run(_states(vhost.url, sorted(types)))
+    return {name: {"name": name, "type": types[name],
+                   "arguments": {k: v for k, v in arguments[name].items() if k != "durable"},
+                   "messages_ready": ready, "consumers": consumers}
+            for name, (ready, consumers) in states.items()}
+
+
+async def _states(url: str, queues: list[str]) -> dict[str, tuple[int, int]]:
+    connection = await aiormq.connect(url)
+    try:
+        channel = await connection.channel()
+        states = {}
+        for queue in queues:
+            ok = await channel.queue_declare(queue, passive=True)
+            states[queue] = (int(ok.message_count or 0), int(ok.consumer_count or 0))
+        return states
+    finally:
+        await connection.close()
 
 
 Held = list[tuple[str, bytes, dict[str, Any], str | None]]

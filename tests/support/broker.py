@@ -89,6 +89,14 @@ class Inspector:
         return {r["name"]: {**_args(r["arguments"]), "durable": r["durable"]} for r in rows
                 if prefix in r["name"]}
 
+    def queue_types(self, prefix: str = "") -> dict[str, str]:
+        """Queue name -> its type (``classic``, ``quorum``...), for names containing ``prefix``."""
+        if self.management is not None:
+            rows = self.management.queues(self.vhost)
+        else:
+            rows = self._ctl("list_queues", "name", "type")
+        return {r["name"]: r["type"] for r in rows if prefix in r["name"]}
+
     def exchanges(self, prefix: str = "") -> dict[str, dict[str, Any]]:
         """Exchange name -> type and durability."""
         if self.management is not None:

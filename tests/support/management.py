@@ -61,8 +61,9 @@ class Management:
         return True
 
     def queues(self, vhost: str) -> list[dict[str, Any]]:
-        """Every queue of ``vhost``: name, arguments, durable."""
-        return list(self._call("GET", f"queues/{_segment(vhost)}?columns=name,arguments,durable"))
+        """Every queue of ``vhost``: name, type, arguments, durable."""
+        return list(self._call("GET",
+                               f"queues/{_segment(vhost)}?columns=name,type,arguments,durable"))
 
     def exchanges(self, vhost: str) -> list[dict[str, Any]]:
         """Every exchange of ``vhost``: name, type, durable (the default exchange's name is "")."""
