@@ -43,19 +43,34 @@ def cluster(cluster_session: Cluster) -> Cluster:
     return _all_running(cluster_session)
 
 
-@pytest.fixture
-def vhost(cluster: Cluster) -> Iterator[str]:
-    """A vhost of this test's own on the cluster, deleted at the end.
+_VHOST_TESTS = pytest.StashKey[int]()
 
-    A node the test killed is started again first: the next test needs it anyway, and
-    deleting quorum queues while one of their members is down waits on it (15 s and more).
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Count the tests that take a vhost, to make them all in one go."""
+    config.stash[_VHOST_TESTS] = sum("vhost" in getattr(item, "fixturenames", ()) for item in items)
+
+
+@pytest.fixture(scope="session")
+def vhost_pool(cluster_session: Cluster, pytestconfig: pytest.Config) -> list[str]:
+    """A vhost for each test that takes one, made at once (one rabbitmqctl call for all)."""
+    made = [names.unique() for _ in range(max(1, pytestconfig.stash.get(_VHOST_TESTS, 1)))]
+    cluster_session.add_vhosts(made)
+    return made
+
+
+@pytest.fixture
+def vhost(cluster: Cluster, vhost_pool: list[str]) -> str:
+    """A vhost of this test's own on the cluster.
+
+    It is not deleted: the cluster goes at the session's end with all it holds, and deleting
+    quorum queues while one of their members is down waits on it (15 s and more).
     """
+    if vhost_pool:
+        return vhost_pool.pop()
     name = names.unique()
-    node = cluster.alive()[0]
-    node.ctl("add_vhost", name)
-    node.ctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
-    yield name
-    _all_running(cluster).seed.ctl("delete_vhost", name)
+    cluster.add_vhosts([name])
+    return name
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
