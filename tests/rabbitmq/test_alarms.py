@@ -36,14 +36,13 @@ class UserCreated(DomainEvent):
 
 
 def _memory_alarm(node: ThrowawayNode) -> bool:
-    return "memory" in node.ctl("eval", "rabbit_alarm:get_alarms().")
+    return "memory" in node.eval("rabbit_alarm:get_alarms()")
 
 
 def _set_watermark(node: ThrowawayNode, fraction: str) -> bool:
-    """Set the node's memory watermark; whether its memory alarm is on right after (one
-    rabbitmqctl call for both: each costs a second or two)."""
-    return "memory" in node.ctl("eval", f"ok = vm_memory_monitor:set_vm_memory_high_watermark("
-                                        f"{fraction}), rabbit_alarm:get_alarms().")
+    """Set the node's memory watermark; whether its memory alarm is on right after."""
+    return "memory" in node.eval(f"ok = vm_memory_monitor:set_vm_memory_high_watermark("
+                                 f"{fraction}), rabbit_alarm:get_alarms()")
 
 
 def _times_out_naming_the_alarm(publish: Callable[[], None]) -> None:

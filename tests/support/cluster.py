@@ -135,7 +135,7 @@ class Cluster:
 
     def running_nodes(self, via: ClusterNode | None = None) -> list[str]:
         """The cluster's running members as ``via`` (the seed by default) sees them."""
-        out = (via or self.seed).ctl("eval", "rabbit_nodes:all_running().")
+        out = (via or self.seed).eval("rabbit_nodes:all_running()")
         return [name.strip(" '\n") for name in out.strip().strip("[]").split(",") if name.strip()]
 
     def add_vhosts(self, names: list[str], user: str = "guest") -> None:
