@@ -156,10 +156,10 @@ class ThrowawayNode:
         result = subprocess.run([erl_call(), "-n", self.nodename, "-c", cookie, "-e"],
                                 input=expression.rstrip().rstrip(".") + ".\n", env=self.env(),
                                 capture_output=True, text=True, timeout=60)
-        output = result.stdout.strip()
-        if result.returncode != 0 or output.startswith(("{error,", "{badrpc,")):
+        output = result.stdout.strip()  # {ok, Result} when the expression ran
+        if result.returncode != 0 or not (output.startswith("{ok,") and output.endswith("}")):
             raise RuntimeError(f"erl_call on {self.nodename} failed: {output} {result.stderr}")
-        return output
+        return output[len("{ok,"):-1].strip()
 
     def ctl(self, *args: str) -> str:
         """Run rabbitmqctl against this node; return its output."""
