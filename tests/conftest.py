@@ -16,7 +16,8 @@ import pytest
 from support import names, parallel
 from support.broker import URL_ENV, Inspector, RabbitBroker, configured_url, inspector_for, probe
 from support.leftovers import holdings, left_behind, wait_for_clean
-from support.rabbitnode import ThrowawayNode, rabbitmq_installed
+from support.rabbitnode import ThrowawayNode, WorkerNode, free_port, rabbitmq_installed
+from support.tlscerts import make_pki, openssl_available
 
 _LEFTOVERS = parallel.LeftoverCheck()  # used by the xdist controller only
 # Their RabbitMQ tests run twice: on the fast paths and on aiormq's public API alone (issue 11).
@@ -178,15 +179,35 @@ def org() -> str:
     return names.unique()
 
 
-@pytest.fixture
-def throwaway_node() -> Iterator[ThrowawayNode]:
-    """A RabbitMQ node of this test's own, to stop, restart or cut off."""
+@pytest.fixture(scope="session")
+def worker_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerNode]:
+    """One node for every test of this worker that restarts a broker, sets off its alarms or
+    speaks TLS to it: booting a node costs about 5 s of CPU. Those tests go first in a parallel
+    run (``parallel.FIRST``), so one worker runs them one after another on one node."""
     if not rabbitmq_installed():
-        pytest.fail("fault tests start their own RabbitMQ node: install rabbitmq-server",
+        pytest.fail("fault and TLS tests start their own RabbitMQ node: install rabbitmq-server",
                     pytrace=False)
-    node = ThrowawayNode()
+    pki = make_pki(tmp_path_factory.mktemp("pki")) if openssl_available() else None
+    tls_port = free_port()
+    node = ThrowawayNode(extra_config="" if pki is None else f"""
+        listeners.ssl.default = 127.0.0.1:{tls_port}
+        ssl_options.cacertfile = {pki.ca}
+        ssl_options.certfile = {pki.server_cert}
+        ssl_options.keyfile = {pki.server_key}
+        ssl_options.verify = verify_peer
+        ssl_options.fail_if_no_peer_cert = true
+    """.replace("\n        ", "\n"))
     try:
         node.start()
-        yield node
+        yield WorkerNode(node, tls_port, pki)
     finally:
         node.destroy()
+
+
+@pytest.fixture
+def throwaway_node(worker_node: WorkerNode) -> ThrowawayNode:
+    """A RabbitMQ node apart from the test broker, running, to restart or set alarms off on
+    (this worker's node: a test leaves it running and its alarms cleared, and names what it
+    declares after its own ``org``)."""
+    worker_node.node.start()  # nothing to do unless a test stopped it
+    return worker_node.node

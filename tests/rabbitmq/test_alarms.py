@@ -57,14 +57,15 @@ def _times_out_naming_the_alarm(publish: Callable[[], None]) -> None:
     assert "may or may not be stored" in message
 
 
-def test_every_publish_path_gives_up_in_time_during_an_alarm(throwaway_node: ThrowawayNode) -> None:
+def test_every_publish_path_gives_up_in_time_during_an_alarm(throwaway_node: ThrowawayNode,
+                                                             org: str) -> None:
     url = f"{throwaway_node.url}?publish_timeout={LIMIT:g}"
-    options = TopologyOptions(store_queue="store.alarm")
+    options = TopologyOptions(store_queue=f"store.{org}")
     warm = RabbitMqConnector(url)
     cold = None
     try:
-        RabbitMqMessageConfigurer(warm, "acme", "alarm", options=options).configure()
-        bus = RabbitMqDomainEventBus(warm, "acme", "alarm")
+        RabbitMqMessageConfigurer(warm, org, "alarm", options=options).configure()
+        bus = RabbitMqDomainEventBus(warm, org, "alarm")
         bus.publish(UserCreated(user_id=Uuid.v4()))  # both paths connected before the alarm
         bus.publish([UserCreated(user_id=Uuid.v4()) for _ in range(2)])
 
@@ -77,12 +78,12 @@ def test_every_publish_path_gives_up_in_time_during_an_alarm(throwaway_node: Thr
 
         # Connections opened during the alarm are blocked from their first publish.
         cold = RabbitMqConnector(url)
-        cold_bus = RabbitMqDomainEventBus(cold, "acme", "alarm")
+        cold_bus = RabbitMqDomainEventBus(cold, org, "alarm")
         _times_out_naming_the_alarm(lambda: cold_bus.publish(UserCreated(user_id=Uuid.v4())))
 
         async def publish_async() -> None:
             try:
-                await AsyncRabbitMqDomainEventBus(cold, "acme", "alarm").publish(
+                await AsyncRabbitMqDomainEventBus(cold, org, "alarm").publish(
                     UserCreated(user_id=Uuid.v4()))
             finally:
                 await cold.aclose()

@@ -139,11 +139,11 @@ def _publish_until_confirmed(bus: RabbitMqDomainEventBus, events: list[OrderPlac
 
 @pytest.mark.fault
 def test_a_broker_restart_loses_no_confirmed_message_and_consumers_resume(
-    throwaway_node: ThrowawayNode, caplog: pytest.LogCaptureFixture,
+    throwaway_node: ThrowawayNode, org: str, caplog: pytest.LogCaptureFixture,
 ) -> None:
     connector = RabbitMqConnector(throwaway_node.url)
     try:
-        seen, published = _publish_and_count(connector, "faults", 400, throwaway_node.restart)
+        seen, published = _publish_and_count(connector, org, 400, throwaway_node.restart)
     finally:
         connector.close()
     assert len(published) == 400

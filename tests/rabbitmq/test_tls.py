@@ -1,4 +1,4 @@
-"""TLS with a private CA, mutual TLS included, on a throwaway node of its own.
+"""TLS with a private CA, mutual TLS included, on a throwaway node (the worker's own).
 
 The node listens for TLS with ``verify_peer`` and ``fail_if_no_peer_cert``: a client must show
 a certificate signed by the test CA. Both publish paths (the blocking single publish and the
@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,8 +25,8 @@ from eventyard.rabbitmq import (
 )
 from eventyard.topology import TopologyOptions
 from support.broker import Inspector
-from support.rabbitnode import CTL, ThrowawayNode, free_port, rabbitmq_installed
-from support.tlscerts import Pki, make_pki, openssl_available
+from support.rabbitnode import CTL, ThrowawayNode, WorkerNode
+from support.tlscerts import Pki
 from support.waiting import wait_until
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.fault]
@@ -58,35 +57,22 @@ class TlsNode:
 
 
 @pytest.fixture(scope="module")
-def tls_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsNode]:
-    """One TLS node for the whole module (a start costs seconds)."""
-    if not (rabbitmq_installed() and openssl_available()):
-        pytest.fail("TLS tests start their own RabbitMQ node with a private CA: install "
-                    "rabbitmq-server and openssl", pytrace=False)
-    pki = make_pki(tmp_path_factory.mktemp("pki"))
-    tls_port = free_port()
-    node = ThrowawayNode(extra_config=f"""
-        listeners.ssl.default = 127.0.0.1:{tls_port}
-        ssl_options.cacertfile = {pki.ca}
-        ssl_options.certfile = {pki.server_cert}
-        ssl_options.keyfile = {pki.server_key}
-        ssl_options.verify = verify_peer
-        ssl_options.fail_if_no_peer_cert = true
-    """.replace("\n        ", "\n"))
-    try:
-        node.start()
-        # The node's own rabbitmqctl: /usr/sbin's wrapper switches to the system node's user.
-        ctl_env = {**node.env(), "PATH": f"{Path(CTL).parent}:{os.environ.get('PATH', '')}"}
-        yield TlsNode(node, tls_port, pki, Inspector(node.url, ctl_env=ctl_env,
-                                                     nodename=node.nodename))
-    finally:
-        node.destroy()
+def tls_node(worker_node: WorkerNode) -> TlsNode:
+    """The worker's node (see tests/conftest.py), which listens for TLS too."""
+    if worker_node.pki is None:
+        pytest.fail("TLS tests need a private CA made with openssl: install openssl", pytrace=False)
+    node = worker_node.node
+    node.start()
+    # The node's own rabbitmqctl: /usr/sbin's wrapper switches to the system node's user.
+    ctl_env = {**node.env(), "PATH": f"{Path(CTL).parent}:{os.environ.get('PATH', '')}"}
+    return TlsNode(node, worker_node.tls_port, worker_node.pki,
+                   Inspector(node.url, ctl_env=ctl_env, nodename=node.nodename))
 
 
 @pytest.fixture
 def org(tls_node: TlsNode) -> str:
     """An organisation of this test's own on the TLS node (what it declares goes with the node,
-    at the end of the module: deleting it after each test cost seconds of rabbitmqctl)."""
+    at the end of the session: deleting it after each test cost seconds of rabbitmqctl)."""
     return f"t{uuid.uuid4().hex[:10]}"
 
 

@@ -4,8 +4,9 @@ after every worker has ended.
 
 ``make test`` uses ``--dist worksteal``: each worker is first given an equal run of the
 collected tests, in order, and an idle worker then takes the second half of what a busy one
-has not started. The tests of the TLS node (a module fixture that boots a RabbitMQ node) are
-put first, so they are the head of one worker's run and share one node. (``--dist loadgroup``
+has not started. The tests of the worker's own RabbitMQ node (``worker_node``, a session
+fixture that boots one: restarts, alarms, TLS) are put first, so they are the head of one
+worker's run and share one node. (``--dist loadgroup``
 with ``xdist_group`` markers would say so outright, but pytest-xdist 3.8 sets a node id
 attribute that pytest 9.2 no longer reads: the groups are ignored.)
 
@@ -25,7 +26,7 @@ from support.broker import configured_url, inspector_for
 from support.leftovers import Holdings, common, from_wire, holdings, left_behind, to_wire, wait_for_clean
 
 # tests using these fixtures go first, so that one worker runs them all, one after the other
-FIRST = frozenset({"tls_node"})
+FIRST = frozenset({"worker_node"})
 KEY = "eventyard_leftovers"
 
 

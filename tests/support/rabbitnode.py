@@ -16,7 +16,10 @@ import subprocess
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
+
+from support.tlscerts import Pki
 
 SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 CTL = "/usr/lib/rabbitmq/bin/rabbitmqctl"
@@ -175,3 +178,13 @@ class ThrowawayNode:
             if self.process is not None and self.process.poll() is None:
                 self.process.kill()
             shutil.rmtree(self.base, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class WorkerNode:
+    """A test worker's RabbitMQ node apart from the test broker: plain AMQP on ``node.port``
+    and, when ``openssl`` was there to make a private CA (``pki``), mutual TLS on ``tls_port``."""
+
+    node: ThrowawayNode
+    tls_port: int
+    pki: Pki | None
