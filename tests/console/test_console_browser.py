@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from playwright.async_api import Page, async_playwright, expect
+import pytest_asyncio
+from playwright.async_api import Browser, Page, async_playwright, expect
 
 from console.conftest import TOKEN, Served
 
-pytestmark = pytest.mark.rabbitmq
+pytestmark = [pytest.mark.rabbitmq, pytest.mark.asyncio(loop_scope="module")]
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -36,19 +37,29 @@ def chromium_installed() -> bool:
     return Path(CHROMIUM).exists()
 
 
-@pytest.fixture
-async def page() -> AsyncIterator[Page]:
-    """Chromium with a fresh context (no cookies), and its page."""
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def browser() -> AsyncIterator[Browser]:
+    """One Chromium for the module's tests (a launch costs seconds of CPU); each test has a
+    context of its own."""
     if not chromium_installed():
         pytest.fail(f"the console's browser tests need {CHROMIUM}: apt-get install chromium "
                     "(make test does)", pytrace=False)
     async with async_playwright() as playwright:
         chromium = await playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
         try:
-            context = await chromium.new_context(viewport={"width": 1280, "height": 720})
-            yield await context.new_page()
+            yield chromium
         finally:
             await chromium.close()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def page(browser: Browser) -> AsyncIterator[Page]:
+    """A fresh browser context (no cookies), and its page."""
+    context = await browser.new_context(viewport={"width": 1280, "height": 720})
+    try:
+        yield await context.new_page()
+    finally:
+        await context.close()
 
 
 async def unlock(page: Page, token: str) -> None:
