@@ -47,8 +47,9 @@ test: $(STAMP)
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium) || \
 	  echo "note: could not install chromium; the console's browser tests will fail"
 	@# Compiled once here: the tests start many Python processes, and this machine's environment
-	@# may forbid them to write bytecode (PYTHONDONTWRITEBYTECODE), so each would compile eventyard.
-	@$(BIN)/python -m compileall -q src >/dev/null
+	@# may forbid them to write bytecode (PYTHONDONTWRITEBYTECODE), so each would compile eventyard
+	@# and the test modules it imports.
+	@$(BIN)/python -m compileall -q src tests examples >/dev/null
 	@side=$$(mktemp -d); status=0; \
 	passed() { [ $$1 -eq 0 ] || [ $$1 -eq 5 ] || status=1; }; \
 	echo "$(BIN)/pytest tests/cluster $(ARGS) & (its output follows the tests')"; \
