@@ -178,6 +178,7 @@ def test_clients_fail_over_when_their_node_is_killed_under_load(cluster: Cluster
             connector.close()
 
 
+@pytest.mark.leaves_a_node_down
 def test_quorum_queue_keeps_its_messages_when_its_leader_is_killed(cluster: Cluster,
                                                                    vhost: str) -> None:
     tally = Tally()
@@ -209,7 +210,8 @@ def test_quorum_queue_keeps_its_messages_when_its_leader_is_killed(cluster: Clus
         assert counts["confirmed"] == 40 * BATCH
         assert counts["lost"] == 0
         assert queue_leader(cluster, vhost, QUEUE) != leader
-        configurer.clear_subscribers(subscribers)
+        # Nothing cleared: deleting a quorum queue while one of its members is down waits 15 s
+        # on it, and the vhost goes with the cluster.
     finally:
         for connector in (consuming, publishing):
             connector.close()
