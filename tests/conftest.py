@@ -205,9 +205,12 @@ def worker_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerNode
 
 
 @pytest.fixture
-def throwaway_node(worker_node: WorkerNode) -> ThrowawayNode:
+def throwaway_node(worker_node: WorkerNode) -> Iterator[ThrowawayNode]:
     """A RabbitMQ node apart from the test broker, running, to restart or set alarms off on
-    (this worker's node: a test leaves it running and its alarms cleared, and names what it
-    declares after its own ``org``)."""
-    worker_node.node.start()  # nothing to do unless a test stopped it
-    return worker_node.node
+    (this worker's node: a test names what it declares after its own ``org``; whatever it
+    did, the node is left running with RabbitMQ's default memory watermark)."""
+    node = worker_node.node
+    node.start()  # nothing to do unless a test stopped it
+    yield node
+    node.start()
+    node.eval("vm_memory_monitor:set_vm_memory_high_watermark(0.4)")  # RabbitMQ's default
