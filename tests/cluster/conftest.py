@@ -49,7 +49,8 @@ _VHOST_TESTS = pytest.StashKey[int]()
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Count the tests that take a vhost, to make them all in one go; put the tests that leave
     a node down last (the next test would wait for it to boot again: seconds of CPU)."""
-    config.stash[_VHOST_TESTS] = sum("vhost" in getattr(item, "fixturenames", ()) for item in items)
+    config.stash[_VHOST_TESTS] = sum("vhost" in getattr(item, "fixturenames", ())
+                                     for item in items if item.get_closest_marker("cluster"))
     items.sort(key=lambda item: item.get_closest_marker("leaves_a_node_down") is not None)
 
 
