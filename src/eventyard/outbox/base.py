@@ -11,9 +11,10 @@ import abc
 import asyncio
 import contextlib
 import contextvars
+import inspect
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,7 @@ from eventyard.errors import ConfigurationError
 from eventyard.messages import Message
 from eventyard.ports import OutgoingMessage, TransportSource
 from eventyard.publishing import start_sending
+from eventyard.subscribers import outcome_of
 
 logger = logging.getLogger("eventyard.outbox.relay")
 
@@ -135,6 +137,44 @@ async def send_batch(transports: TransportSource, batch: list[OutgoingMessage],
 
 SESSION: contextvars.ContextVar[Any] = contextvars.ContextVar("eventyard_inbox_session",
                                                              default=None)
+
+
+def run_in_session(session: Any, handler: Callable[..., Any], args: tuple[Any, ...],
+                   kwargs: dict[str, Any]) -> Any:
+    """Run a sync handler with ``session`` as ``current_session()``: what it wrote (and the
+    inbox row) commits when it succeeds, and rolls back when it fails or raises."""
+    token = SESSION.set(session)
+    try:
+        result = handler(*args, **kwargs)
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        SESSION.reset(token)
+    (session.commit if outcome_of(result).success else session.rollback)()
+    return result
+
+
+async def run_in_session_async(session: Any, handler: Callable[..., Any], args: tuple[Any, ...],
+                               kwargs: dict[str, Any]) -> Any:
+    """``run_in_session`` for an ``async def`` handler; ``session`` may be an async session
+    (its commit and rollback awaited) or a sync connection (SQLite)."""
+    token = SESSION.set(session)
+    try:
+        result = await handler(*args, **kwargs)
+    except BaseException:
+        await _done(session.rollback())
+        raise
+    finally:
+        SESSION.reset(token)
+    await _done((session.commit if outcome_of(result).success else session.rollback)())
+    return result
+
+
+async def _done(call: Any) -> None:
+    """Await what an async session's method returned (a sync connection's returns None)."""
+    if inspect.isawaitable(call):
+        await call
 
 
 def current_session() -> Any:

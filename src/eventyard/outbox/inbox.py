@@ -21,9 +21,15 @@ from sqlalchemy.orm import sessionmaker
 
 from eventyard.errors import ConfigurationError
 from eventyard.messages import Message
-from eventyard.outbox.base import SESSION as _SESSION
-from eventyard.outbox.base import check_window, current_session, handler_key, message_of, skipped
-from eventyard.subscribers import outcome_of
+from eventyard.outbox.base import (
+    check_window,
+    current_session,
+    handler_key,
+    message_of,
+    run_in_session,
+    run_in_session_async,
+    skipped,
+)
 
 __all__ = ["current_session", "idempotent", "purge_inbox"]
 
@@ -57,19 +63,7 @@ def idempotent(sessions: sessionmaker[Any] | async_sessionmaker[Any], *,
                         await session.rollback()
                         skipped(key, message)
                         return None
-                    token = _SESSION.set(session)
-                    try:
-                        result = await handler(*args, **kwargs)
-                    except BaseException:
-                        await session.rollback()
-                        raise
-                    finally:
-                        _SESSION.reset(token)
-                    if outcome_of(result).success:
-                        await session.commit()
-                    else:
-                        await session.rollback()
-                    return result
+                    return await run_in_session_async(session, handler, args, kwargs)
 
             return run_async  # type: ignore[return-value]
         if not isinstance(sessions, sessionmaker):
@@ -83,19 +77,7 @@ def idempotent(sessions: sessionmaker[Any] | async_sessionmaker[Any], *,
                     session.rollback()
                     skipped(key, message)
                     return None
-                token = _SESSION.set(session)
-                try:
-                    result = handler(*args, **kwargs)
-                except BaseException:
-                    session.rollback()
-                    raise
-                finally:
-                    _SESSION.reset(token)
-                if outcome_of(result).success:
-                    session.commit()
-                else:
-                    session.rollback()
-                return result
+                return run_in_session(session, handler, args, kwargs)
 
         return run  # type: ignore[return-value]
 

@@ -16,9 +16,14 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from eventyard.outbox.base import SESSION, handler_key, message_of, skipped
+from eventyard.outbox.base import (
+    handler_key,
+    message_of,
+    run_in_session,
+    run_in_session_async,
+    skipped,
+)
 from eventyard.outbox.sqlite import SqliteOutboxStore
-from eventyard.subscribers import outcome_of
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -37,13 +42,6 @@ def idempotent_sqlite(store: SqliteOutboxStore, *, name: str | None = None) -> C
     def decorate(handler: F) -> F:
         key = handler_key(handler, name)
 
-        def finish(connection: sqlite3.Connection, result: Any) -> Any:
-            if outcome_of(result).success:
-                connection.commit()
-            else:
-                connection.rollback()
-            return result
-
         if inspect.iscoroutinefunction(handler):
             @functools.wraps(handler)
             async def run_async(*args: Any, **kwargs: Any) -> Any:
@@ -57,15 +55,7 @@ def idempotent_sqlite(store: SqliteOutboxStore, *, name: str | None = None) -> C
                         connection.rollback()
                         skipped(key, message)
                         return None
-                    token = SESSION.set(connection)
-                    try:
-                        result = await handler(*args, **kwargs)
-                    except BaseException:
-                        connection.rollback()
-                        raise
-                    finally:
-                        SESSION.reset(token)
-                    return finish(connection, result)
+                    return await run_in_session_async(connection, handler, args, kwargs)
                 finally:
                     connection.close()
 
@@ -80,15 +70,7 @@ def idempotent_sqlite(store: SqliteOutboxStore, *, name: str | None = None) -> C
                     connection.rollback()
                     skipped(key, message)
                     return None
-                token = SESSION.set(connection)
-                try:
-                    result = handler(*args, **kwargs)
-                except BaseException:
-                    connection.rollback()
-                    raise
-                finally:
-                    SESSION.reset(token)
-                return finish(connection, result)
+                return run_in_session(connection, handler, args, kwargs)
             finally:
                 connection.close()
 
