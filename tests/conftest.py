@@ -18,6 +18,7 @@ from support.broker import URL_ENV, Inspector, RabbitBroker, configured_url, ins
 from support.leftovers import holdings, left_behind, wait_for_clean
 from support.rabbitnode import ThrowawayNode, WorkerNode, free_port, rabbitmq_installed
 from support.tlscerts import make_pki, openssl_available
+from support.vhost import PrivateVhost
 
 _LEFTOVERS = parallel.LeftoverCheck()  # used by the xdist controller only
 # Their RabbitMQ tests run twice: on the fast paths and on aiormq's public API alone (issue 11).
@@ -177,6 +178,17 @@ def nothing_left_on_the_broker(request: pytest.FixtureRequest) -> Iterator[None]
 def org() -> str:
     """An organisation name no other test or run uses."""
     return names.unique()
+
+
+@pytest.fixture
+def vhost(rabbit: RabbitBroker) -> Iterator[PrivateVhost]:
+    """A vhost of this test's own on the test broker, for code whose names a test cannot choose;
+    deleted afterwards with all it holds. (The cluster tests have a ``vhost`` of their own.)"""
+    created = PrivateVhost(rabbit).create()
+    try:
+        yield created
+    finally:
+        created.delete()
 
 
 @pytest.fixture(scope="session")

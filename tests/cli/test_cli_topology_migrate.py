@@ -13,7 +13,7 @@ import json
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,7 +33,6 @@ from eventyard.rabbitmq import (
 from eventyard.rabbitmq.migrating import temporary_queue
 from eventyard.subscribers import subscriptions_of
 from eventyard.topology import Topology, TopologyOptions, build_topology
-from support.broker import RabbitBroker
 from support.vhost import PrivateVhost
 
 pytestmark = pytest.mark.rabbitmq
@@ -76,15 +75,6 @@ def topology(queue_type: str) -> Topology:
 PACKED = naming.queue(ORG, SVC, 1, "event", "parcel_packed", "weigh_parcel")
 LABELLED = naming.queue(ORG, SVC, 1, "event", "parcel_labelled", "print_label")
 DELAY = naming.delay_queue(ORG, SVC, LONG_DELAY)
-
-
-@pytest.fixture
-def vhost(rabbit: RabbitBroker) -> Iterator[PrivateVhost]:
-    vhost = PrivateVhost(rabbit).create()
-    try:
-        yield vhost
-    finally:
-        vhost.delete()
 
 
 def listed(vhost: PrivateVhost) -> dict[str, dict[str, Any]]:

@@ -19,7 +19,6 @@ from typing import Any
 import pytest
 
 from eventyard import InfoId
-from support.broker import RabbitBroker
 from support.scripts import Script, run_script
 from support.vhost import PrivateVhost, clean_env
 from support.waiting import wait_until
@@ -105,15 +104,6 @@ def script(tmp_path: Path, name: str, *parts: str) -> Path:
     path = tmp_path / f"{name}.py"
     path.write_text("\n".join(parts))
     return path
-
-
-@pytest.fixture
-def vhost(rabbit: RabbitBroker) -> Iterator[PrivateVhost]:
-    created = PrivateVhost(rabbit).create()
-    try:
-        yield created
-    finally:
-        created.delete()
 
 
 def test_the_domain_event_snippet_runs(tmp_path: Path) -> None:
