@@ -80,11 +80,11 @@ DELAY = naming.delay_queue(ORG, SVC, LONG_DELAY)
 def listed(vhost: PrivateVhost) -> dict[str, dict[str, Any]]:
     """Each queue of the vhost: type and arguments (the inspector), ready messages and consumers
     (passive declares: the broker's own counts at this moment)."""
-    types, arguments = vhost.inspector.queue_types(), vhost.inspector.queues()
-    states = asyncio.run(_states(vhost.url, sorted(types)))
-    return {name: {"name": name, "type": types[name],
-                   "arguments": {k: v for k, v in arguments[name].items() if k != "durable"},
-                   "messages_ready": ready, "consumers": consumers}
+    described = vhost.inspector.described()
+    states = asyncio.run(_states(vhost.url, sorted(described)))
+    return {name: {"name": name, "type": described[name]["type"],
+                   "arguments": described[name]["arguments"], "messages_ready": ready,
+                   "consumers": consumers}
             for name, (ready, consumers) in states.items()}
 
 

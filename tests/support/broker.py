@@ -82,20 +82,18 @@ class Inspector:
 
     def queues(self, prefix: str = "") -> dict[str, dict[str, Any]]:
         """Queue name -> its arguments (``durable`` included), for names containing ``prefix``."""
-        if self.management is not None:
-            rows = self.management.queues(self.vhost)
-        else:
-            rows = self._ctl("list_queues", "name", "arguments", "durable")
-        return {r["name"]: {**_args(r["arguments"]), "durable": r["durable"]} for r in rows
-                if prefix in r["name"]}
+        return {name: {**row["arguments"], "durable": row["durable"]}
+                for name, row in self.described(prefix).items()}
 
-    def queue_types(self, prefix: str = "") -> dict[str, str]:
-        """Queue name -> its type (``classic``, ``quorum``...), for names containing ``prefix``."""
+    def described(self, prefix: str = "") -> dict[str, dict[str, Any]]:
+        """Queue name -> ``type`` (``classic``, ``quorum``...), ``arguments`` and ``durable``,
+        for names containing ``prefix``."""
         if self.management is not None:
             rows = self.management.queues(self.vhost)
         else:
-            rows = self._ctl("list_queues", "name", "type")
-        return {r["name"]: r["type"] for r in rows if prefix in r["name"]}
+            rows = self._ctl("list_queues", "name", "type", "arguments", "durable")
+        return {r["name"]: {"type": r["type"], "arguments": _args(r["arguments"]),
+                            "durable": r["durable"]} for r in rows if prefix in r["name"]}
 
     def exchanges(self, prefix: str = "") -> dict[str, dict[str, Any]]:
         """Exchange name -> type and durability."""
