@@ -207,6 +207,16 @@ class Selection:
             return False
         return not self.types or letter.type in self.types
 
+    def keep(self, letter: DeadLetter, kept: list[DeadLetter], *, limit: int | None = None,
+             seen: set[str] | None = None) -> bool:
+        """Add ``letter`` to ``kept`` when selected, and the asked-for ids it has to ``seen``
+        (to tell which were not found); True once ``kept`` holds ``limit`` letters."""
+        if seen is not None:
+            seen |= self.ids_of(letter)
+        if self.matches(letter):
+            kept.append(letter)
+        return limit is not None and len(kept) >= limit
+
 
 ALL = Selection()
 

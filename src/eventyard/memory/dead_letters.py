@@ -89,14 +89,10 @@ class MemoryDeadLetterBox:
     async def peek(self, queue: str, *, limit: int | None = None, select: Selection = ALL,
                    seen: set[str] | None = None) -> list[DeadLetter]:
         """The selected dead letters of ``queue`` (up to ``limit``), left in place."""
-        letters = []
+        letters: list[DeadLetter] = []
         for _, letter in self._held(queue):
-            if seen is not None:
-                seen |= select.ids_of(letter)
-            if select.matches(letter):
-                letters.append(letter)
-                if limit is not None and len(letters) >= limit:
-                    break
+            if select.keep(letter, letters, limit=limit, seen=seen):
+                break
         return letters
 
     async def dump(self, queues: Sequence[str], write: Callable[[str], Any], *,

@@ -79,12 +79,8 @@ async def peek(connection: AbstractConnection, queue: str, *, limit: int | None 
     letters: list[DeadLetter] = []
     async with contextlib.aclosing(held_letters(connection, queue, "a look")) as held:
         async for _, _, letter in held:
-            if seen is not None:
-                seen |= select.ids_of(letter)
-            if select.matches(letter):
-                letters.append(letter)
-                if limit is not None and len(letters) >= limit:
-                    break
+            if select.keep(letter, letters, limit=limit, seen=seen):
+                break
     return letters
 
 
